@@ -1,0 +1,21 @@
+//! `exports`: every format that crosses a process boundary in the PCO pipeline.
+//!
+//! Data flows one way: `exports` → `engine` (ONNX Runtime) and `exports` → `training` (libtorch).
+//! Neither of those crates defines a file format of its own.
+
+pub mod chat;
+pub mod checkpoint;
+pub mod config;
+pub mod error;
+pub mod fsutil;
+pub mod init;
+pub mod layout;
+pub mod records;
+pub mod tokenizer;
+
+pub use checkpoint::{Checkpoint, DType, HostTensor};
+pub use config::{ModelConfig, ModelType};
+pub use error::{Error, Result};
+pub use layout::Head;
+pub use records::{GenerationRecord, PairRecord, Prompt, PromptRecord, TrainRecord};
+pub use tokenizer::{TokenId, Tokenizer};

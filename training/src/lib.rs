@@ -1,0 +1,1 @@
+//! `training`: libtorch models, the paper's objectives, the fit loop and checkpoints.
