@@ -1,0 +1,148 @@
+//! The Llama family (Llama, Mistral, Qwen2) on libtorch, following transformers'
+//! `modeling_llama.py`: pre-norm blocks of RMSNorm → attention with rotary positions and
+//! grouped-query heads → residual, RMSNorm → SwiGLU MLP → residual; a final RMSNorm.
+//!
+//! Qwen2 differs only by biases on q/k/v (and Llama's optional `attention_bias` adds o_proj's);
+//! Mistral's sliding window is not applied (full attention equals it for sequences within the window).
+
+use tch::Tensor;
+
+use super::layers::{
+    apply_rotary, merge_heads, repeat_kv, split_heads, AttnMask, Linear, RmsNorm, Rotary,
+};
+use super::Params;
+use exports::ModelConfig;
+
+struct Attention {
+    q_proj: Linear,
+    k_proj: Linear,
+    v_proj: Linear,
+    o_proj: Linear,
+    heads: i64,
+    kv_heads: i64,
+    head_dim: i64,
+}
+
+impl Attention {
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask) -> Tensor {
+        let q = split_heads(&self.q_proj.forward(x), self.heads, self.head_dim);
+        let k = split_heads(&self.k_proj.forward(x), self.kv_heads, self.head_dim);
+        let v = split_heads(&self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let q = apply_rotary(&q, cos, sin);
+        let k = apply_rotary(&k, cos, sin);
+        let groups = self.heads / self.kv_heads;
+        let k = repeat_kv(&k, groups);
+        let v = repeat_kv(&v, groups);
+        let scale = (self.head_dim as f64).powf(-0.5);
+        let out = mask.attend(&q, &k, &v, scale);
+        self.o_proj.forward(&merge_heads(&out))
+    }
+}
+
+struct Mlp {
+    gate_proj: Linear,
+    up_proj: Linear,
+    down_proj: Linear,
+}
+
+impl Mlp {
+    fn forward(&self, x: &Tensor) -> Tensor {
+        self.down_proj
+            .forward(&(self.gate_proj.forward(x).silu() * self.up_proj.forward(x)))
+    }
+}
+
+struct Block {
+    input_layernorm: RmsNorm,
+    self_attn: Attention,
+    post_attention_layernorm: RmsNorm,
+    mlp: Mlp,
+}
+
+pub(crate) struct Llama {
+    embed_tokens: Tensor,
+    layers: Vec<Block>,
+    norm: RmsNorm,
+    rotary: Rotary,
+}
+
+impl Llama {
+    /// Take this architecture's tensors out of `params` (declared from `exports::layout::tensors`).
+    pub fn new(params: &mut Params, cfg: &ModelConfig) -> anyhow::Result<Self> {
+        let eps = cfg.norm_eps;
+        let linear = |params: &mut Params, name: &str, bias: bool| -> anyhow::Result<Linear> {
+            Ok(Linear {
+                weight: params.take(&format!("{name}.weight"))?,
+                bias: if bias {
+                    Some(params.take(&format!("{name}.bias"))?)
+                } else {
+                    None
+                },
+            })
+        };
+        let embed_tokens = params.take("model.embed_tokens.weight")?;
+        let mut layers = Vec::with_capacity(cfg.num_hidden_layers);
+        for l in 0..cfg.num_hidden_layers {
+            let p = format!("model.layers.{l}");
+            let a = format!("{p}.self_attn");
+            let m = format!("{p}.mlp");
+            layers.push(Block {
+                input_layernorm: RmsNorm {
+                    weight: params.take(&format!("{p}.input_layernorm.weight"))?,
+                    eps,
+                },
+                self_attn: Attention {
+                    q_proj: linear(params, &format!("{a}.q_proj"), cfg.qkv_bias)?,
+                    k_proj: linear(params, &format!("{a}.k_proj"), cfg.qkv_bias)?,
+                    v_proj: linear(params, &format!("{a}.v_proj"), cfg.qkv_bias)?,
+                    o_proj: linear(params, &format!("{a}.o_proj"), cfg.o_bias)?,
+                    heads: cfg.num_attention_heads as i64,
+                    kv_heads: cfg.num_key_value_heads as i64,
+                    head_dim: cfg.head_dim as i64,
+                },
+                post_attention_layernorm: RmsNorm {
+                    weight: params.take(&format!("{p}.post_attention_layernorm.weight"))?,
+                    eps,
+                },
+                mlp: Mlp {
+                    gate_proj: linear(params, &format!("{m}.gate_proj"), false)?,
+                    up_proj: linear(params, &format!("{m}.up_proj"), false)?,
+                    down_proj: linear(params, &format!("{m}.down_proj"), false)?,
+                },
+            });
+        }
+        let norm = RmsNorm {
+            weight: params.take("model.norm.weight")?,
+            eps,
+        };
+        let rotary = Rotary::new(&cfg.rope_inv_freq(), embed_tokens.device());
+        Ok(Llama {
+            embed_tokens,
+            layers,
+            norm,
+            rotary,
+        })
+    }
+
+    /// The input embedding matrix (the output head too when tied).
+    pub fn embedding(&self) -> &Tensor {
+        &self.embed_tokens
+    }
+
+    /// Final-norm hidden states `[B, T, H]`; `positions` `[B, T]`.
+    pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttnMask) -> Tensor {
+        let (cos, sin) = self.rotary.cos_sin(positions);
+        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        for block in &self.layers {
+            let h = block
+                .self_attn
+                .forward(&block.input_layernorm.forward(&x), &cos, &sin, mask);
+            x = x + h;
+            let h = block
+                .mlp
+                .forward(&block.post_attention_layernorm.forward(&x));
+            x = x + h;
+        }
+        self.norm.forward(&x)
+    }
+}
