@@ -6,10 +6,13 @@
 pub mod chat;
 pub mod checkpoint;
 pub mod config;
+pub mod dataset;
 pub mod error;
 pub mod fsutil;
+pub mod gguf;
 pub mod init;
 pub mod layout;
+pub mod onnx;
 pub mod records;
 pub mod tokenizer;
 

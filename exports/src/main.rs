@@ -19,12 +19,94 @@ struct Cli {
 enum Command {
     /// Write a small random model folder (config, weights, tokenizer) for tests and CI.
     Init(InitArgs),
+    /// Import a llama.cpp GGUF (Llama architecture) as a Hugging Face model folder: fp32
+    /// safetensors, config, tokenizer and generation config.
+    Import {
+        /// The `.gguf` file.
+        #[arg(long)]
+        gguf: PathBuf,
+        /// The model folder to write (replaced if it exists; untouched on error).
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Print a model folder's validated configuration and parameter count.
     Inspect {
         /// A Hugging Face model folder.
         #[arg(long)]
         model: PathBuf,
     },
+    /// Export a model folder as an ONNX decoder with a KV cache (plus genai_config.json and tokenizer).
+    Onnx(OnnxArgs),
+    /// Build training/evaluation data sets.
+    #[command(subcommand)]
+    Dataset(DatasetCommand),
+}
+
+#[derive(Subcommand)]
+enum DatasetCommand {
+    /// The paper's repetition task from a folder of one-document-per-file `.txt` text: contexts of
+    /// K sentences with the human next sentence as `reference`, split by document into
+    /// train.jsonl, unlabeled.jsonl and test.jsonl.
+    Continuation(ContinuationArgs),
+}
+
+#[derive(clap::Args)]
+struct ContinuationArgs {
+    #[arg(long)]
+    text_dir: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 3)]
+    context_sentences: usize,
+    /// Fractions of documents per split: `train=0.6,unlabeled=0.2,test=0.2` or `0.6,0.2,0.2`.
+    #[arg(long, default_value = "0.6,0.2,0.2")]
+    split: String,
+    /// Most examples kept per split after a seeded shuffle, e.g. `train=200,unlabeled=200,test=100`.
+    #[arg(long)]
+    limit: Option<String>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Sentences shorter than this (characters) are merged into the next.
+    #[arg(long, default_value_t = 20)]
+    min_sentence_chars: usize,
+    /// Windows holding a sentence longer than this (characters) are skipped.
+    #[arg(long, default_value_t = 400)]
+    max_sentence_chars: usize,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum FlavorArg {
+    /// ONNX Runtime contrib ops (GroupQueryAttention); batches must be right-padded.
+    Ort,
+    /// Standard ONNX ops only; takes position_ids, any padding.
+    Portable,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DTypeArg {
+    Fp32,
+    Fp16,
+    Bf16,
+}
+
+#[derive(clap::Args)]
+struct OnnxArgs {
+    /// A Hugging Face model folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Output folder (replaced).
+    #[arg(long)]
+    out: PathBuf,
+    /// Default: ort for the Llama family, portable for GPT-2.
+    #[arg(long, value_enum)]
+    flavor: Option<FlavorArg>,
+    #[arg(long, value_enum, default_value = "fp32")]
+    dtype: DTypeArg,
+    #[arg(long, value_enum, default_value = "lm")]
+    head: HeadArg,
+    /// Logits only at each row's last real token.
+    #[arg(long)]
+    last_logits_only: bool,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -96,6 +178,71 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 a.out.display(),
                 m.model_type.as_str(),
                 m.parameter_count()
+            );
+        }
+        Command::Onnx(a) => {
+            use exports::onnx::{Elem, Flavor, OnnxExportConfig};
+            let mut cfg = OnnxExportConfig::new(&a.model, &a.out);
+            cfg.flavor = a.flavor.map(|f| match f {
+                FlavorArg::Ort => Flavor::Ort,
+                FlavorArg::Portable => Flavor::Portable,
+            });
+            cfg.dtype = match a.dtype {
+                DTypeArg::Fp32 => Elem::F32,
+                DTypeArg::Fp16 => Elem::F16,
+                DTypeArg::Bf16 => Elem::BF16,
+            };
+            cfg.head = match a.head {
+                HeadArg::Lm => Head::Lm,
+                HeadArg::Reward => Head::Reward,
+            };
+            cfg.last_logits_only = a.last_logits_only;
+            let s = exports::onnx::export(&cfg).with_context(|| format!("exporting {}", a.model.display()))?;
+            println!(
+                "wrote {} ({} flavor, {:?}, {} nodes, {:.1} MB of weights): {}",
+                s.out.display(),
+                s.flavor.as_str(),
+                s.dtype,
+                s.nodes,
+                s.weight_bytes as f64 / 1e6,
+                s.files.join(", ")
+            );
+        }
+        Command::Dataset(DatasetCommand::Continuation(a)) => {
+            use exports::dataset::{build_continuation, parse_split_values, ContinuationConfig, SPLITS};
+            let mut cfg = ContinuationConfig::new(&a.text_dir, &a.out);
+            cfg.context_sentences = a.context_sentences;
+            let split: [Option<f64>; 3] = parse_split_values(&a.split, "--split")?;
+            cfg.split = split.map(|v| v.unwrap_or(0.0));
+            if let Some(limit) = &a.limit {
+                cfg.limit = parse_split_values(limit, "--limit")?;
+            }
+            cfg.seed = a.seed;
+            cfg.min_sentence_chars = a.min_sentence_chars;
+            cfg.max_sentence_chars = a.max_sentence_chars;
+            let s = build_continuation(&cfg)?;
+            for i in 0..3 {
+                println!(
+                    "{:<10} {:>5} documents {:>7} examples -> {}",
+                    SPLITS[i],
+                    s.documents[i],
+                    s.examples[i],
+                    a.out.join(format!("{}.jsonl", SPLITS[i])).display()
+                );
+            }
+        }
+        Command::Import { gguf, out } => {
+            let started = std::time::Instant::now();
+            let r = exports::gguf::import_gguf(&gguf, &out)
+                .with_context(|| format!("importing {} into {}", gguf.display(), out.display()))?;
+            println!(
+                "wrote {} ({} tensors from {:?}, {} parameters, tied embeddings: {}) in {:.1}s",
+                out.display(),
+                r.tensors,
+                r.source_types,
+                r.config.parameter_count(),
+                r.config.tie_word_embeddings,
+                started.elapsed().as_secs_f64()
             );
         }
         Command::Inspect { model } => {
