@@ -1,4 +1,9 @@
 //! `engine`: inference with ONNX Runtime — generation, reward scoring, labeling and evaluation.
 //! It links no libtorch, so inference nodes stay light.
 
+pub mod bootstrap;
+pub mod eval;
+pub mod label;
+pub mod metrics;
+pub mod pair;
 pub mod runtime;
