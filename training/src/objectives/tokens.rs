@@ -1,0 +1,128 @@
+//! Per-sequence quantities computed from LM logits: the summed response log-probability, the
+//! response token count, and the summed cringe token term (`LOSSES.md`, "Cringe token term").
+//!
+//! Memory: the only full-vocabulary intermediate is the float32 view of the shifted logits used by
+//! `logsumexp`; target log-probs are `gather(target) - logsumexp`, never a full log-softmax copy, and
+//! the cringe term only looks at the top `k + 1` logits of the rows that need it.
+
+use anyhow::{bail, Result};
+use tch::{Kind, Tensor};
+
+/// What the cringe term needs besides the logits.
+pub struct CringeInputs<'a> {
+    /// The first `rows` rows of the batch are negative sequences.
+    pub rows: i64,
+    /// Uniform draws in `[0, 1)`, `[rows, T - 1]`: entry `t` samples the candidate for the token
+    /// predicted at position `t` (i.e. token `t + 1`).
+    pub uniforms: &'a Tensor,
+    pub k: i64,
+    pub detach_positive: bool,
+}
+
+/// Per-row sums over response tokens.
+#[derive(Debug)]
+pub struct SeqTerms {
+    /// `sum_t log p(y_t | ...)`, `[R]` float32.
+    pub logp_sum: Tensor,
+    /// Number of response tokens, `[R]` float32.
+    pub n_tokens: Tensor,
+    /// `sum_t cr_t` for the first `cringe.rows` rows, `[rows]` float32 (empty without cringe).
+    pub cringe_sum: Tensor,
+}
+
+/// Compute [`SeqTerms`] from `[R, T, V]` logits, `[R, T]` ids and a `[R, T]` response mask (1 where
+/// the token at that position is a response token; the first position is never one).
+pub fn seq_terms(
+    logits: &Tensor,
+    input_ids: &Tensor,
+    response_mask: &Tensor,
+    cringe: Option<&CringeInputs>,
+) -> Result<SeqTerms> {
+    let (r, t, v) = logits.size3()?;
+    if input_ids.size() != [r, t] || response_mask.size() != [r, t] {
+        bail!(
+            "logits {:?} do not match input_ids {:?} / response_mask {:?}",
+            logits.size(),
+            input_ids.size(),
+            response_mask.size()
+        );
+    }
+    if t < 2 {
+        bail!("sequences of length {t} have no token to predict");
+    }
+    // Position t predicts token t + 1.
+    let lg = logits.narrow(1, 0, t - 1);
+    let targets = input_ids.narrow(1, 1, t - 1);
+    let mask = response_mask.narrow(1, 1, t - 1).to_kind(Kind::Float);
+    let target_logit = lg
+        .gather(2, &targets.unsqueeze(-1), false)
+        .squeeze_dim(-1)
+        .to_kind(Kind::Float);
+    let lse = lg.to_kind(Kind::Float).logsumexp([-1i64].as_slice(), false);
+    let logp = (&target_logit - lse) * &mask;
+    let logp_sum = logp.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+    let n_tokens = mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
+
+    let cringe_sum = match cringe {
+        None => Tensor::zeros([0], (Kind::Float, logits.device())),
+        Some(c) => {
+            if c.rows > r {
+                bail!("{} cringe rows requested from a batch of {r}", c.rows);
+            }
+            if c.k < 1 || c.k + 1 > v {
+                bail!("cringe_k = {} needs 1 <= k < vocabulary size {v}", c.k);
+            }
+            if c.uniforms.size() != [c.rows, t - 1] {
+                bail!(
+                    "cringe uniforms {:?}, expected [{}, {}]",
+                    c.uniforms.size(),
+                    c.rows,
+                    t - 1
+                );
+            }
+            let cr = cringe_tokens(
+                &lg.narrow(0, 0, c.rows),
+                &targets.narrow(0, 0, c.rows),
+                &target_logit.narrow(0, 0, c.rows),
+                c,
+            );
+            (cr * mask.narrow(0, 0, c.rows)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        }
+    };
+    Ok(SeqTerms {
+        logp_sum,
+        n_tokens,
+        cringe_sum,
+    })
+}
+
+/// `cr_t = softplus(s-_t - s+_t)` for every position of `[N, L, V]` logits (unmasked).
+fn cringe_tokens(logits: &Tensor, targets: &Tensor, s_minus: &Tensor, c: &CringeInputs) -> Tensor {
+    let k = c.k;
+    let device = logits.device();
+    let (top_vals, top_idx) = logits.topk(k + 1, -1, true, true);
+    // Drop y_t if it is among the top k+1, otherwise the (k+1)-th: exactly k candidates remain.
+    let is_target = top_idx.eq_tensor(&targets.unsqueeze(-1));
+    let has_target = is_target.any_dim(-1, true);
+    let drop_at = is_target
+        .to_kind(Kind::Int64)
+        .argmax(-1, true)
+        .where_self(&has_target, &Tensor::full([1], k, (Kind::Int64, device)));
+    let slots = Tensor::arange(k, (Kind::Int64, device));
+    let keep = &slots + slots.ge_tensor(&drop_at).to_kind(Kind::Int64);
+    let cand = top_vals.gather(-1, &keep, false).to_kind(Kind::Float);
+    // Inverse-CDF draw from softmax over the candidates; the draw itself carries no gradient.
+    let cdf = cand
+        .detach()
+        .softmax(-1, Kind::Float)
+        .cumsum(-1, Kind::Float);
+    let j = cdf
+        .lt_tensor(&c.uniforms.to_kind(Kind::Float).unsqueeze(-1))
+        .sum_dim_intlist([-1i64].as_slice(), true, Kind::Int64)
+        .clamp_max(k - 1);
+    let mut s_plus = cand.gather(-1, &j, false).squeeze_dim(-1);
+    if c.detach_positive {
+        s_plus = s_plus.detach();
+    }
+    (s_minus - s_plus).softplus()
+}
