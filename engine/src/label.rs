@@ -54,11 +54,19 @@ pub struct RepetitionScorer {
     pub n: usize,
 }
 
+/// The repetition reward of one response: −Repeat@n(response | context), never `-0.0`.
+pub fn repetition_reward(context: &str, response: &str, n: usize) -> f64 {
+    match repeat_at_n(context, response, n) {
+        0 => 0.0,
+        k => -(k as f64),
+    }
+}
+
 impl Scorer for RepetitionScorer {
     fn score(&mut self, items: &[ScoreItem<'_>]) -> Result<Vec<f64>> {
         Ok(items
             .iter()
-            .map(|it| -(repeat_at_n(it.prompt.context_text(), it.response, self.n) as f64))
+            .map(|it| repetition_reward(it.prompt.context_text(), it.response, self.n))
             .collect())
     }
 

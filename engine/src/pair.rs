@@ -14,6 +14,7 @@ use anyhow::{bail, Context, Result};
 use exports::records::{for_each_jsonl, write_jsonl, GenerationRecord, PairRecord};
 use serde::Serialize;
 
+use crate::label::repetition_reward;
 use crate::metrics::repeat_at_n;
 
 /// Settings of one `engine pair` run.
@@ -133,8 +134,8 @@ pub fn run(cfg: &PairConfig) -> Result<PairSummary> {
                     continue;
                 }
                 Some((
-                    -(repeat_at_n(context, good, n) as f64),
-                    -(bad_repeats as f64),
+                    repetition_reward(context, good, n),
+                    repetition_reward(context, bad, n),
                 ))
             }
             None => None,
