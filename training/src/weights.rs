@@ -18,7 +18,7 @@ use tch::{Device, Kind, Tensor};
 use crate::model::Model;
 
 /// Seed of the `score.weight` initialisation when a reward model starts from an LM folder.
-pub const SCORE_INIT_SEED: u64 = 0x5C0_4E;
+pub const SCORE_INIT_SEED: u64 = 0x5C04E;
 /// Standard deviation of that initialisation (transformers' `initializer_range` default).
 pub const SCORE_INIT_STD: f64 = 0.02;
 
