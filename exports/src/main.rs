@@ -141,6 +141,13 @@ struct InitArgs {
     /// Key/value heads (grouped-query attention); Llama family only.
     #[arg(long)]
     kv_heads: Option<usize>,
+    /// Hidden size instead of the preset's (e.g. 64 with 4 heads gives head_dim 16, which the
+    /// ONNX `ort` flavor needs).
+    #[arg(long)]
+    hidden_size: Option<usize>,
+    /// Attention heads instead of the preset's.
+    #[arg(long)]
+    heads: Option<usize>,
     /// Separate output head instead of tying it to the input embedding.
     #[arg(long)]
     untied: bool,
@@ -165,6 +172,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let mut cfg = InitConfig::tiny(ty, a.seed);
             if let Some(k) = a.kv_heads {
                 cfg.kv_heads = k;
+            }
+            if let Some(h) = a.hidden_size {
+                cfg.hidden_size = h;
+            }
+            if let Some(n) = a.heads {
+                cfg.heads = n;
             }
             cfg.tied = !a.untied;
             cfg.attention_bias = a.attention_bias;

@@ -1,0 +1,319 @@
+//! The ONNX export run by ONNX Runtime: tiny random models (exports::init) exported in every
+//! flavor, checked against transformers' outputs (fixtures from scripts/reference/onnx_reference.py,
+//! in the probe format that `engine verify` reads), against themselves across padding and KV-cache
+//! use, and for the reward head.
+
+use std::path::{Path, PathBuf};
+
+use engine::runtime::Runtime;
+use engine::session::{DecoderSession, SessionOptions};
+use engine::verify::verify;
+use exports::init::{init, InitConfig};
+use exports::onnx::{export, Elem, Flavor, OnnxExportConfig};
+use exports::{Checkpoint, Head, HostTensor, ModelType};
+
+/// transformers (fp32) against ONNX Runtime (fp32): summation order differs, nothing else.
+const REFERENCE_TOL: f32 = 1e-4;
+
+/// The init settings of each fixture; must match CASES in scripts/reference/onnx_reference.py.
+fn case(name: &str) -> InitConfig {
+    let (ty, seed) = match name {
+        "llama_gqa" => (ModelType::Llama, 11),
+        "llama_bias_untied" => (ModelType::Llama, 12),
+        "qwen2" => (ModelType::Qwen2, 13),
+        "llama_hd8" => (ModelType::Llama, 14),
+        "gpt2" => (ModelType::Gpt2, 15),
+        "llama_reward" => (ModelType::Llama, 16),
+        "gpt2_reward" => (ModelType::Gpt2, 17),
+        other => panic!("unknown case {other}"),
+    };
+    let mut c = InitConfig::tiny(ty, seed);
+    if ty.is_llama_family() && name != "llama_hd8" {
+        // head_dim 16: the smallest that GroupQueryAttention's CPU kernel accepts.
+        c.hidden_size = 64;
+    }
+    if name == "llama_bias_untied" {
+        c.attention_bias = true;
+        c.tied = false;
+    }
+    if name.ends_with("_reward") {
+        c.head = Head::Reward;
+    }
+    c
+}
+
+fn fixture(name: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/onnx")
+        .join(format!("{name}.safetensors"))
+}
+
+/// ONNX Runtime allows one environment per process; the tests share it.
+fn runtime() -> &'static Runtime {
+    static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| Runtime::start(None).expect("ONNX Runtime (run scripts/setup.sh)"))
+}
+
+struct Exported {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+}
+
+fn export_case(name: &str, flavor: Flavor, dtype: Elem, last_only: bool) -> Exported {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tmp.path().join("hf");
+    let c = case(name);
+    init(&c, &model).unwrap();
+    let dir = tmp.path().join("onnx");
+    let mut cfg = OnnxExportConfig::new(&model, &dir);
+    cfg.flavor = Some(flavor);
+    cfg.dtype = dtype;
+    cfg.head = c.head;
+    cfg.last_logits_only = last_only;
+    export(&cfg).unwrap();
+    Exported { _tmp: tmp, dir }
+}
+
+fn load(rt: &Runtime, e: &Exported) -> DecoderSession {
+    DecoderSession::load(rt, &e.dir, &SessionOptions::default()).unwrap()
+}
+
+fn flavors(name: &str) -> Vec<Flavor> {
+    if name.starts_with("gpt2") || name == "llama_hd8" {
+        vec![Flavor::Portable]
+    } else {
+        vec![Flavor::Ort, Flavor::Portable]
+    }
+}
+
+#[test]
+fn logits_and_scores_match_transformers_in_every_flavor() {
+    let rt = runtime();
+    for name in [
+        "llama_gqa",
+        "llama_bias_untied",
+        "qwen2",
+        "llama_hd8",
+        "gpt2",
+        "llama_reward",
+        "gpt2_reward",
+    ] {
+        for flavor in flavors(name) {
+            let e = export_case(name, flavor, Elem::F32, false);
+            let mut s = load(rt, &e);
+            let r = verify(&mut s, &fixture(name), Some(REFERENCE_TOL))
+                .unwrap_or_else(|err| panic!("{name} {flavor:?}: {err:#}"));
+            assert!(
+                r.compared > 0 && r.max_abs_diff <= REFERENCE_TOL,
+                "{name} {flavor:?}: {r:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn last_logits_only_scores_each_rows_last_real_token() {
+    let rt = runtime();
+    for flavor in [Flavor::Ort, Flavor::Portable] {
+        let e = export_case("llama_gqa", flavor, Elem::F32, true);
+        let mut s = load(rt, &e);
+        let r = verify(&mut s, &fixture("llama_gqa"), Some(REFERENCE_TOL)).unwrap();
+        // One position per row of the 3-row probe.
+        assert_eq!(r.compared, 3 * 279, "{flavor:?}");
+    }
+}
+
+/// Reads the fixture batch as (ids, mask, logits, batch, seq, vocab).
+fn fixture_batch(name: &str) -> (Vec<i64>, Vec<i64>, Vec<f32>, usize, usize, usize) {
+    let c = Checkpoint::load(&fixture(name)).unwrap();
+    let l = c.get("logits").unwrap();
+    let (b, t, v) = (l.shape[0], l.shape[1], l.shape[2]);
+    (
+        c.get("input_ids").unwrap().to_i64().unwrap(),
+        c.get("attention_mask").unwrap().to_i64().unwrap(),
+        l.to_f32().unwrap(),
+        b,
+        t,
+        v,
+    )
+}
+
+fn max_diff(a: &[f32], b: &[f32]) -> f32 {
+    assert_eq!(a.len(), b.len());
+    a.iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+#[test]
+fn portable_graph_takes_left_and_right_padding_as_is() {
+    // The fixture batch mixes a full row, a left-padded row and a right-padded one; the portable
+    // graph runs it unchanged, and each real position matches transformers.
+    let rt = runtime();
+    for name in ["llama_gqa", "gpt2"] {
+        let e = export_case(name, Flavor::Portable, Elem::F32, false);
+        let mut s = load(rt, &e);
+        let (ids, mask, want, b, t, v) = fixture_batch(name);
+        let mut cache = s.new_cache(b).unwrap();
+        let got = s.forward(&ids, b, t, &mask, &mut cache).unwrap();
+        for r in 0..b {
+            for j in (0..t).filter(|&j| mask[r * t + j] == 1) {
+                let w = &want[(r * t + j) * v..(r * t + j + 1) * v];
+                let d = max_diff(got.at(r, j), w);
+                assert!(d <= REFERENCE_TOL, "{name} row {r} pos {j}: {d}");
+            }
+        }
+    }
+}
+
+#[test]
+fn ort_graph_rows_are_unchanged_by_right_padding_and_refuse_left_padding() {
+    let rt = runtime();
+    let e = export_case("llama_gqa", Flavor::Ort, Elem::F32, false);
+    let mut s = load(rt, &e);
+    assert!(s.needs_right_padding());
+    let rows: [&[i64]; 2] = [&[5, 9, 40, 7, 100, 3], &[11, 12, 13]];
+    let t = 6;
+    let mut ids = vec![2i64; 2 * t];
+    let mut mask = vec![0i64; 2 * t];
+    for (r, row) in rows.iter().enumerate() {
+        ids[r * t..r * t + row.len()].copy_from_slice(row);
+        mask[r * t..r * t + row.len()]
+            .iter_mut()
+            .for_each(|m| *m = 1);
+    }
+    let mut cache = s.new_cache(2).unwrap();
+    let batch = s.forward(&ids, 2, t, &mask, &mut cache).unwrap();
+    for (r, row) in rows.iter().enumerate() {
+        let mut c1 = s.new_cache(1).unwrap();
+        let alone = s
+            .forward(row, 1, row.len(), &vec![1; row.len()], &mut c1)
+            .unwrap();
+        for j in 0..row.len() {
+            let d = max_diff(batch.at(r, j), alone.at(0, j));
+            assert!(d <= 1e-5, "row {r} pos {j}: {d}");
+        }
+    }
+    let mut left = mask.clone();
+    left[t..2 * t].copy_from_slice(&[0, 0, 0, 1, 1, 1]);
+    let mut cache = s.new_cache(2).unwrap();
+    let err = s
+        .forward(&ids, 2, t, &left, &mut cache)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("right padding"), "{err}");
+}
+
+#[test]
+fn prefill_then_decode_equals_one_full_forward() {
+    // Row 0: 5 prompt tokens; row 1: 3 (padded on the side its flavor wants). Then 3 decode steps.
+    let rt = runtime();
+    for (name, flavor) in [
+        ("llama_gqa", Flavor::Ort),
+        ("llama_gqa", Flavor::Portable),
+        ("llama_bias_untied", Flavor::Ort),
+        ("gpt2", Flavor::Portable),
+    ] {
+        let e = export_case(name, flavor, Elem::F32, false);
+        let mut s = load(rt, &e);
+        let prompts: [Vec<i64>; 2] = [vec![7, 30, 4, 99, 250], vec![17, 8, 61]];
+        let decode: [[i64; 3]; 2] = [[44, 5, 6], [120, 121, 3]];
+        let n = 5;
+        let right = s.needs_right_padding();
+        let (mut ids, mut mask) = (vec![], vec![]);
+        for p in &prompts {
+            let pad = n - p.len();
+            let (pi, pm) = (vec![2i64; pad], vec![0i64; pad]);
+            let (ri, rm): (Vec<i64>, Vec<i64>) = (p.clone(), vec![1; p.len()]);
+            if right {
+                ids.extend(ri.iter().chain(&pi));
+                mask.extend(rm.iter().chain(&pm));
+            } else {
+                ids.extend(pi.iter().chain(&ri));
+                mask.extend(pm.iter().chain(&rm));
+            }
+        }
+        let mut cache = s.new_cache(2).unwrap();
+        s.forward(&ids, 2, n, &mask, &mut cache).unwrap();
+        let mut steps = vec![];
+        for k in 0..3 {
+            let step_ids = [decode[0][k], decode[1][k]];
+            let total = n + k + 1;
+            let mut m = vec![];
+            for r in 0..2 {
+                m.extend_from_slice(&mask[r * n..(r + 1) * n]);
+                m.extend(std::iter::repeat_n(1, k + 1));
+            }
+            let _ = total;
+            steps.push(s.forward(&step_ids, 2, 1, &m, &mut cache).unwrap());
+        }
+        assert_eq!(cache.len(), n + 3);
+        for r in 0..2 {
+            let full: Vec<i64> = prompts[r].iter().chain(&decode[r]).copied().collect();
+            let mut c1 = s.new_cache(1).unwrap();
+            let want = s
+                .forward(&full, 1, full.len(), &vec![1; full.len()], &mut c1)
+                .unwrap();
+            for (k, step) in steps.iter().enumerate() {
+                let d = max_diff(step.at(r, 0), want.at(0, prompts[r].len() + k));
+                assert!(
+                    d <= REFERENCE_TOL,
+                    "{name} {flavor:?} row {r} step {k}: {d}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn half_precision_exports_stay_close_to_fp32() {
+    let rt = runtime();
+    for flavor in [Flavor::Ort, Flavor::Portable] {
+        let e = export_case("llama_gqa", flavor, Elem::F16, false);
+        let mut s = load(rt, &e);
+        let r = verify(&mut s, &fixture("llama_gqa"), None)
+            .unwrap_or_else(|err| panic!("{flavor:?}: {err:#}"));
+        assert!(
+            r.max_abs_diff <= 5e-2 && r.max_abs_diff > 0.0,
+            "{flavor:?}: {r:?}"
+        );
+    }
+}
+
+#[test]
+fn verify_fails_on_a_probe_that_differs() {
+    let rt = runtime();
+    let e = export_case("llama_gqa", Flavor::Portable, Elem::F32, false);
+    let mut s = load(rt, &e);
+    let mut probe = Checkpoint::load(&fixture("llama_gqa")).unwrap();
+    let l = probe.get("logits").unwrap();
+    let mut v = l.to_f32().unwrap();
+    // Position (row 2, t 1) is real; a pad position (row 2, t 9) is not compared.
+    let (t, vocab) = (l.shape[1], l.shape[2]);
+    v[(2 * t + 9) * vocab] += 100.0;
+    let shape = l.shape.clone();
+    probe.insert("logits", HostTensor::from_f32(shape.clone(), &v));
+    let dir = tempfile::tempdir().unwrap();
+    probe.save(dir.path(), None).unwrap();
+    let file = dir.path().join("model.safetensors");
+    verify(&mut s, &file, None).expect("a change at a pad position is ignored");
+    v[(2 * t + 1) * vocab + 3] += 0.01;
+    probe.insert("logits", HostTensor::from_f32(shape, &v));
+    probe.save(dir.path(), None).unwrap();
+    let err = verify(&mut s, &file, None).unwrap_err().to_string();
+    assert!(
+        err.contains("max |Δ| = 1.0") && err.contains("> 1e-3"),
+        "{err}"
+    );
+}
+
+#[test]
+fn ort_flavor_refuses_head_dim_8() {
+    let tmp = tempfile::tempdir().unwrap();
+    init(&case("llama_hd8"), &tmp.path().join("hf")).unwrap();
+    let mut cfg = OnnxExportConfig::new(tmp.path().join("hf"), tmp.path().join("onnx"));
+    cfg.flavor = Some(Flavor::Ort);
+    let err = export(&cfg).unwrap_err().to_string();
+    assert!(err.contains("multiple of 16"), "{err}");
+}
