@@ -7,3 +7,5 @@ pub mod label;
 pub mod metrics;
 pub mod pair;
 pub mod runtime;
+pub mod session;
+pub mod verify;
