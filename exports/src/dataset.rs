@@ -36,9 +36,10 @@ pub struct ContinuationConfig {
 
 /// Words that end with a period without ending a sentence.
 const ABBREVIATIONS: &[&str] = &[
-    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "gen", "gov", "sen", "rep", "hon", "messrs", "no", "vs", "etc",
-    "u.s", "u.s.a", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept", "oct", "nov", "dec", "vol",
-    "co", "inc", "ltd", "ft", "lt", "col", "capt", "prof", "i.e", "e.g", "a.m", "p.m",
+    "mr", "mrs", "ms", "dr", "st", "jr", "sr", "gen", "gov", "sen", "rep", "hon", "messrs", "no",
+    "vs", "etc", "u.s", "u.s.a", "jan", "feb", "mar", "apr", "jun", "jul", "aug", "sep", "sept",
+    "oct", "nov", "dec", "vol", "co", "inc", "ltd", "ft", "lt", "col", "capt", "prof", "i.e",
+    "e.g", "a.m", "p.m",
 ];
 
 /// Split prose into sentences: a sentence ends at `.`, `!` or `?` (plus closing quotes or
@@ -53,7 +54,8 @@ pub fn split_sentences(text: &str) -> Vec<String> {
         let c = chars[i];
         if matches!(c, '.' | '!' | '?') {
             let mut end = i + 1;
-            while end < chars.len() && matches!(chars[end], '"' | '\'' | ')' | '”' | '’' | ']') {
+            while end < chars.len() && matches!(chars[end], '"' | '\'' | ')' | '”' | '’' | ']')
+            {
                 end += 1;
             }
             let mut next = end;
@@ -62,7 +64,9 @@ pub fn split_sentences(text: &str) -> Vec<String> {
             }
             let boundary = next > end
                 && next < chars.len()
-                && (chars[next].is_uppercase() || chars[next].is_ascii_digit() || matches!(chars[next], '"' | '“' | '\''));
+                && (chars[next].is_uppercase()
+                    || chars[next].is_ascii_digit()
+                    || matches!(chars[next], '"' | '“' | '\''));
             if boundary && !(c == '.' && is_abbreviation(&chars[start..i])) {
                 let s: String = chars[start..end].iter().collect();
                 let s = s.split_whitespace().collect::<Vec<_>>().join(" ");
@@ -94,7 +98,8 @@ fn is_abbreviation(before: &[char]) -> bool {
         .rev()
         .collect();
     let w = word.to_lowercase();
-    (w.chars().count() == 1 && w.chars().all(char::is_alphabetic)) || ABBREVIATIONS.contains(&w.as_str())
+    (w.chars().count() == 1 && w.chars().all(char::is_alphabetic))
+        || ABBREVIATIONS.contains(&w.as_str())
 }
 
 /// Merge fragments shorter than `min_chars` into the following sentence.
@@ -131,7 +136,10 @@ pub fn document_examples(doc_id: &str, text: &str, cfg: &ContinuationConfig) -> 
     let mut i = 0;
     while i + k < sentences.len() {
         let window = &sentences[i..=i + k];
-        if window.iter().all(|s| s.chars().count() <= cfg.max_sentence_chars) {
+        if window
+            .iter()
+            .all(|s| s.chars().count() <= cfg.max_sentence_chars)
+        {
             let context = window[..k].join(" ");
             out.push(PromptRecord {
                 id: format!("{doc_id}-{i}"),
@@ -155,11 +163,16 @@ pub struct DatasetSummary {
 /// Build `train.jsonl`, `unlabeled.jsonl` and `test.jsonl` in `cfg.out`.
 pub fn build_continuation(cfg: &ContinuationConfig) -> Result<DatasetSummary> {
     if cfg.context_sentences == 0 {
-        return Err(Error::Invalid("--context-sentences must be at least 1".into()));
+        return Err(Error::Invalid(
+            "--context-sentences must be at least 1".into(),
+        ));
     }
     let total: f64 = cfg.split.iter().sum();
     if !(total > 0.0) || cfg.split.iter().any(|f| *f < 0.0) {
-        return Err(Error::Invalid(format!("--split fractions must be non-negative and not all 0, got {:?}", cfg.split)));
+        return Err(Error::Invalid(format!(
+            "--split fractions must be non-negative and not all 0, got {:?}",
+            cfg.split
+        )));
     }
     let mut docs: Vec<PathBuf> = fs::read_dir(&cfg.text_dir)
         .at(&cfg.text_dir)?
@@ -182,7 +195,11 @@ pub fn build_continuation(cfg: &ContinuationConfig) -> Result<DatasetSummary> {
     let mut acc = 0.0;
     for s in 0..3 {
         acc += cfg.split[s] / total;
-        bounds[s + 1] = if s == 2 { n } else { ((acc * n as f64).round() as usize).clamp(bounds[s], n) };
+        bounds[s + 1] = if s == 2 {
+            n
+        } else {
+            ((acc * n as f64).round() as usize).clamp(bounds[s], n)
+        };
         if cfg.split[s] > 0.0 && bounds[s + 1] == bounds[s] && bounds[s + 1] < n {
             bounds[s + 1] += 1;
         }
@@ -193,7 +210,10 @@ pub fn build_continuation(cfg: &ContinuationConfig) -> Result<DatasetSummary> {
         let mut examples = Vec::new();
         for path in &docs[bounds[s]..bounds[s + 1]] {
             let text = fs::read_to_string(path).at(path)?;
-            let id = path.file_stem().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+            let id = path
+                .file_stem()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default();
             examples.extend(document_examples(&id, &text, cfg));
         }
         summary.documents[s] = bounds[s + 1] - bounds[s];
@@ -220,11 +240,19 @@ pub fn parse_split_values<T: std::str::FromStr>(s: &str, what: &str) -> Result<[
                 SPLITS
                     .iter()
                     .position(|x| *x == name.trim())
-                    .ok_or_else(|| Error::Invalid(format!("{what}: unknown split `{name}` (expected train, unlabeled, test)")))?,
+                    .ok_or_else(|| {
+                        Error::Invalid(format!(
+                            "{what}: unknown split `{name}` (expected train, unlabeled, test)"
+                        ))
+                    })?,
                 v,
             ),
             None if i < 3 => (i, part),
-            None => return Err(Error::Invalid(format!("{what}: more than three values in `{s}`"))),
+            None => {
+                return Err(Error::Invalid(format!(
+                    "{what}: more than three values in `{s}`"
+                )))
+            }
         };
         out[idx] = Some(
             value
@@ -277,7 +305,11 @@ mod tests {
         let mut cfg = ContinuationConfig::new(Path::new("."), Path::new("."));
         cfg.context_sentences = 2;
         cfg.min_sentence_chars = 1;
-        let ex = document_examples("d", "A one. B two. C three. D four. E five. F six. G seven.", &cfg);
+        let ex = document_examples(
+            "d",
+            "A one. B two. C three. D four. E five. F six. G seven.",
+            &cfg,
+        );
         assert_eq!(ex.len(), 2);
         assert_eq!(ex[0].prompt.as_deref(), Some("A one. B two."));
         assert_eq!(ex[0].reference.as_deref(), Some("C three."));
@@ -289,7 +321,9 @@ mod tests {
     fn splits_are_by_document_and_deterministic() {
         let dir = tempfile::tempdir().unwrap();
         for d in 0..10 {
-            let text: String = (0..8).map(|i| format!("Document {d} sentence number {i} is here. ")).collect();
+            let text: String = (0..8)
+                .map(|i| format!("Document {d} sentence number {i} is here. "))
+                .collect();
             fs::write(dir.path().join(format!("doc{d}.txt")), text).unwrap();
         }
         let out = tempfile::tempdir().unwrap();
