@@ -28,6 +28,26 @@ enum Command {
     Label(LabelArgs),
     Pair(PairArgs),
     Eval(EvalArgs),
+    Verify(VerifyArgs),
+}
+
+/// Check an exported ONNX folder against the probe training saved beside its checkpoint
+/// (probe.safetensors): fails when max |Δ| over real positions exceeds the tolerance
+/// (1e-3 for fp32 graphs).
+#[derive(Args)]
+struct VerifyArgs {
+    /// Folder written by `exports onnx`.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// probe.safetensors (input_ids, attention_mask, and logits or scores).
+    #[arg(long)]
+    probe: PathBuf,
+    /// Largest accepted |Δ| (default: 1e-3 fp32, 5e-2 fp16, 2e-1 bf16).
+    #[arg(long)]
+    tolerance: Option<f32>,
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
 }
 
 /// Score each prompt's responses and keep the best and the worst as a preference pair.
@@ -171,6 +191,17 @@ impl EvalArgs {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Verify(args) => {
+            let rt = engine::runtime::Runtime::start(args.ort_lib.as_deref())?;
+            let r = engine::verify::verify_dir(&rt, &args.onnx, &args.probe, args.tolerance)?;
+            eprintln!(
+                "{}: ok, max |Δ| = {:.3e} ≤ {:.0e} over {} values",
+                args.onnx.display(),
+                r.max_abs_diff,
+                r.tolerance,
+                r.compared
+            );
+        }
         Command::Label(args) => {
             let summary = engine::label::run(&args.into_config())?;
             eprintln!("{summary}");
