@@ -116,3 +116,47 @@ fn bad_inputs_are_rejected_with_a_reason() {
     assert!(model.check_inputs(&f, &ones).is_err());
     assert!(model.check_inputs(&ids, &ones).is_ok());
 }
+
+/// A loss over real positions trains through padding cleanly: every gradient is finite, and the
+/// padding tokens' embedding rows get none (nothing real ever attended to them).
+fn check_padding_gets_no_gradient(ty: ModelType, embedding: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let mut cfg = common::tiny_cfg(ty, 12, Head::Lm);
+    cfg.tied = false; // a tied head would pass the pad id's logit gradient into its row
+    let (_vs, model) = common::tiny(dir.path(), &cfg);
+    let (_, _, ids, mask) = batches();
+    let logits = model.forward(&ids, &mask);
+    let loss = (logits.log_softmax(-1, Kind::Float) * mask.unsqueeze(-1)).sum(Kind::Float);
+    loss.backward();
+    for p in model.parameters() {
+        let g = p.tensor.grad();
+        assert!(g.defined(), "{ty:?}: no gradient for {}", p.name);
+        assert!(
+            g.isfinite().all().int64_value(&[]) == 1,
+            "{ty:?}: non-finite gradient in {}",
+            p.name
+        );
+    }
+    let emb = model
+        .parameters()
+        .iter()
+        .find(|p| p.name == embedding)
+        .unwrap();
+    let g = emb.tensor.grad();
+    assert_eq!(
+        g.get(PAD).abs().max().double_value(&[]),
+        0.0,
+        "{ty:?}: pad row has gradient"
+    );
+    assert!(g.get(ROW[0]).abs().max().double_value(&[]) > 0.0);
+}
+
+#[test]
+fn llama_padding_gets_no_gradient() {
+    check_padding_gets_no_gradient(ModelType::Llama, "model.embed_tokens.weight");
+}
+
+#[test]
+fn gpt2_padding_gets_no_gradient() {
+    check_padding_gets_no_gradient(ModelType::Gpt2, "transformer.wte.weight");
+}

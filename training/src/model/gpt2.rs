@@ -103,6 +103,9 @@ impl Gpt2 {
     }
 
     /// Final-norm hidden states `[B, T, H]`; `positions` `[B, T]` index the learned positions.
+    // `x = x + h`, not `x += h`: tch's `+=` adds in place, which would overwrite a tensor that
+    // autograd saved for the backward pass of the previous norm.
+    #[allow(clippy::assign_op_pattern)]
     pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttnMask) -> Tensor {
         let mut x = Tensor::embedding(&self.wte, input_ids, -1, false, false)
             + Tensor::embedding(&self.wpe, positions, -1, false, false);

@@ -130,6 +130,9 @@ impl Llama {
     }
 
     /// Final-norm hidden states `[B, T, H]`; `positions` `[B, T]`.
+    // `x = x + h`, not `x += h`: tch's `+=` adds in place, which would overwrite a tensor that
+    // autograd saved for the backward pass of the previous norm.
+    #[allow(clippy::assign_op_pattern)]
     pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttnMask) -> Tensor {
         let (cos, sin) = self.rotary.cos_sin(positions);
         let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);

@@ -183,6 +183,13 @@ impl Model {
                 ids[1]
             );
         }
+        // Attention here is full; it equals Mistral's sliding window only within the window.
+        if let Some(w) = self.cfg.sliding_window.filter(|&w| ids[1] > w as i64) {
+            bail!(
+                "sequence length {} exceeds the sliding window of {w}, which this model does not implement",
+                ids[1]
+            );
+        }
         let (lo, hi) = (
             input_ids.min().int64_value(&[]),
             input_ids.max().int64_value(&[]),
