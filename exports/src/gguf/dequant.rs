@@ -1,7 +1,8 @@
 //! ggml block formats to f32, bit-identical to gguf-py's numpy `gguf.quants.dequantize`, which is
 //! what transformers' GGUF loader uses. Each formula below is evaluated in f32 in the same order
-//! as numpy does (and Rust never fuses `a * b + c` into an FMA on its own), so the imported
-//! weights equal transformers' to the bit.
+//! as numpy does, so the imported weights equal transformers' to the bit. (For Q4_1, `d * q` of an
+//! f16 scale and a 4-bit integer is always exact in f32, so the only rounding is the `+ m`, and a
+//! fused multiply-add would give the same result; Rust does not fuse on its own anyway.)
 //!
 //! Block layouts (little-endian, `d` and `m` are f16):
 //! * Q8_0: `d`, then 32 × i8 `q`;                         value = `q * d`
@@ -186,6 +187,37 @@ mod tests {
         let got = dequantize(ty("Q4_1"), &blk2, 32).unwrap();
         assert_eq!(got[0], 2f32.powi(-14));
         assert_eq!(got[16], 15360.0);
+    }
+
+    /// Random blocks (finite f16 scales, subnormals included) against gguf-py's numpy
+    /// dequantization, bit for bit; made by `scripts/reference/gguf_dequant_reference.py`.
+    #[test]
+    fn random_blocks_match_gguf_py_bit_for_bit() {
+        let fixture: serde_json::Value =
+            serde_json::from_str(include_str!("../../tests/fixtures/gguf_dequant.json")).unwrap();
+        let cases = fixture["cases"].as_array().unwrap();
+        assert_eq!(cases.len(), 6);
+        for case in cases {
+            let name = case["type"].as_str().unwrap();
+            let hex = case["bytes_hex"].as_str().unwrap();
+            let bytes: Vec<u8> = (0..hex.len())
+                .step_by(2)
+                .map(|i| u8::from_str_radix(&hex[i..i + 2], 16).unwrap())
+                .collect();
+            let numel = case["numel"].as_u64().unwrap() as usize;
+            let want: Vec<u32> = case["f32_bits"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|b| b.as_u64().unwrap() as u32)
+                .collect();
+            let got: Vec<u32> = dequantize(ty(name), &bytes, numel)
+                .unwrap()
+                .iter()
+                .map(|v| v.to_bits())
+                .collect();
+            assert_eq!(got, want, "{name}");
+        }
     }
 
     #[test]
