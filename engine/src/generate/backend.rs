@@ -1,0 +1,559 @@
+//! The model under a KV cache, as the scheduler sees it: "prefill this prompt into slot s",
+//! "copy slot a's first n positions into slot b", "run one decode step over slots 0..rows".
+//!
+//! Two graph forms, told apart by the graph's own inputs (an exported folder is its own spec):
+//! * **shared KV** (`ort` flavor: GroupQueryAttention, no `position_ids`): one preallocated buffer
+//!   per layer and K/V, `[slots, kv_heads, capacity, head_dim]`, is bound as both `past` and
+//!   `present`. GQA writes each row's new K/V in place at row `Σ mask_b − 1`, so a decode step
+//!   moves no cache bytes at all. The slot is the outermost dimension, so one slot's region is
+//!   contiguous and a prefill binds a `[1, …]` view of it.
+//! * **concat KV** (`portable` flavor: takes `position_ids`, returns `present = past ++ new`): the
+//!   same slot buffers, but each step gathers a right-padded past, and the new column is copied back.
+//!   Simpler and slower; it is what GPT-2 exports need.
+//!
+//! Sessions are driven through the C API's `Run` with caller-owned output values: `ort`'s safe
+//! `IoBinding::bind_input` copies borrowed tensors, which would copy the whole cache every step.
+
+use std::ffi::{c_char, CStr, CString};
+use std::path::{Path, PathBuf};
+
+use anyhow::{anyhow, bail, Context, Result};
+use exports::TokenId;
+use ort::memory::MemoryInfo;
+use ort::session::Session;
+use ort::value::{Shape, TensorElementType, TensorRefMut, ValueType};
+use ort::AsPointer;
+
+use super::config::Device;
+use super::kv::KvCache;
+use crate::runtime::Runtime;
+
+/// How the graph keeps its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheForm {
+    /// GroupQueryAttention with past and present sharing one buffer.
+    SharedKv,
+    /// Standard attention, `present = concat(past, new)`, with `position_ids`.
+    Concat,
+}
+
+/// What the graph's inputs and outputs say about the model.
+#[derive(Debug, Clone)]
+pub struct ModelIo {
+    pub layers: usize,
+    pub kv_heads: usize,
+    pub head_dim: usize,
+    pub vocab: usize,
+    pub form: CacheForm,
+    /// `logits` is `[batch, 1, vocab]` (exported with `--last-logits-only`).
+    pub last_logits_only: bool,
+}
+
+impl ModelIo {
+    /// Read the cache form and dimensions from the session's declared inputs and outputs.
+    pub fn discover(session: &Session, model: &Path) -> Result<Self> {
+        let input = |name: &str| session.inputs().iter().find(|i| i.name() == name);
+        let output = |name: &str| session.outputs().iter().find(|o| o.name() == name);
+        for name in ["input_ids", "attention_mask"] {
+            if input(name).is_none() {
+                bail!(
+                    "{}: graph has no `{name}` input; not a decoder export",
+                    model.display()
+                );
+            }
+        }
+        let layers = (0..)
+            .take_while(|i| input(&format!("past_key_values.{i}.key")).is_some())
+            .count();
+        if layers == 0 {
+            bail!(
+                "{}: graph has no `past_key_values.0.key` input; export it with a KV cache",
+                model.display()
+            );
+        }
+        let dims = |ty: &ValueType, what: &str| -> Result<Vec<i64>> {
+            match ty {
+                ValueType::Tensor { ty, shape, .. } => {
+                    if *ty != TensorElementType::Float32 {
+                        bail!("{}: `{what}` is {ty:?}; the engine runs fp32 graphs (export with --dtype fp32)", model.display());
+                    }
+                    Ok(shape.iter().copied().collect())
+                }
+                other => bail!("{}: `{what}` is not a tensor ({other:?})", model.display()),
+            }
+        };
+        let kv = dims(
+            input("past_key_values.0.key")
+                .expect("counted above")
+                .dtype(),
+            "past_key_values.0.key",
+        )?;
+        let fixed = |d: i64, what: &str| -> Result<usize> {
+            usize::try_from(d).map_err(|_| {
+                anyhow!(
+                    "{}: `past_key_values.0.key` has a symbolic {what}",
+                    model.display()
+                )
+            })
+        };
+        if kv.len() != 4 {
+            bail!(
+                "{}: `past_key_values.0.key` has rank {}, expected 4",
+                model.display(),
+                kv.len()
+            );
+        }
+        let logits = output("logits")
+            .ok_or_else(|| anyhow!("{}: graph has no `logits` output", model.display()))?;
+        let l = dims(logits.dtype(), "logits")?;
+        if l.len() != 3 || l[2] <= 0 {
+            bail!(
+                "{}: `logits` must be [batch, seq, vocab] with a fixed vocab, got {l:?}",
+                model.display()
+            );
+        }
+        for i in 0..layers {
+            for kind in ["key", "value"] {
+                if output(&format!("present.{i}.{kind}")).is_none() {
+                    bail!(
+                        "{}: graph has no `present.{i}.{kind}` output",
+                        model.display()
+                    );
+                }
+            }
+        }
+        Ok(ModelIo {
+            layers,
+            kv_heads: fixed(kv[1], "kv_heads")?,
+            head_dim: fixed(kv[3], "head_dim")?,
+            vocab: l[2] as usize,
+            form: if input("position_ids").is_some() {
+                CacheForm::Concat
+            } else {
+                CacheForm::SharedKv
+            },
+            last_logits_only: l[1] == 1,
+        })
+    }
+}
+
+/// Settings of one backend (one device).
+#[derive(Debug, Clone)]
+pub struct BackendConfig {
+    pub model: PathBuf,
+    pub threads: usize,
+    pub device: Device,
+    pub slots: usize,
+    /// Longest sequence (prompt + generated) the cache must ever hold.
+    pub max_len: usize,
+}
+
+/// One row of a decode step: feed `token` at position `pos` (= tokens already cached).
+#[derive(Debug, Clone, Copy)]
+pub struct StepRow {
+    pub token: TokenId,
+    pub pos: usize,
+}
+
+/// Prompt-length cache contents and last logits of one prefill, kept so that samples of the
+/// prompt admitted later (when no slot was free) need not prefill again.
+pub struct Stash {
+    pub kv: Vec<Vec<f32>>,
+    pub len: usize,
+}
+
+pub struct Backend {
+    session: Session,
+    pub io: ModelIo,
+    cache: KvCache,
+    input_names: Vec<CString>,
+    output_names: Vec<CString>,
+    mem: MemoryInfo<'static>,
+    /// `[slots, vocab]` last-position logits of the latest decode step.
+    logits: Vec<f32>,
+    /// Logits of the latest prefill (`[P, vocab]` unless the graph emits last logits only).
+    prefill_logits: Vec<f32>,
+    /// Scratch for the concat form: gathered past and produced present.
+    past_scratch: Vec<Vec<f32>>,
+    present_scratch: Vec<Vec<f32>>,
+}
+
+fn ort_err(what: &str) -> impl FnOnce(ort::Error) -> anyhow::Error + '_ {
+    move |e| anyhow!("{what}: {e}")
+}
+
+/// A tensor view over caller-owned memory.
+///
+/// # Safety
+/// `ptr` must be valid for `shape`'s element count and outlive the view's use in `Run`.
+unsafe fn view<'a, T>(mem: &MemoryInfo, ptr: *mut T, shape: &[usize]) -> Result<TensorRefMut<'a, T>>
+where
+    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug,
+{
+    let shape = Shape::new(shape.iter().map(|&d| d as i64));
+    TensorRefMut::from_raw(mem.clone(), ptr.cast(), shape)
+        .map_err(ort_err("creating a tensor view"))
+}
+
+/// The inputs and outputs of one `Run`, in the order of the session's name lists; keeps the
+/// views alive while their raw `OrtValue` pointers are in use.
+#[derive(Default)]
+struct Feed<'a> {
+    ints: Vec<TensorRefMut<'a, i64>>,
+    floats: Vec<TensorRefMut<'a, f32>>,
+    inputs: Vec<*const ort::sys::OrtValue>,
+    outputs: Vec<*mut ort::sys::OrtValue>,
+}
+
+impl Feed<'_> {
+    /// # Safety
+    /// As [`view`].
+    unsafe fn ints(&mut self, mem: &MemoryInfo, ptr: *mut i64, shape: &[usize]) -> Result<()> {
+        let t = view(mem, ptr, shape)?;
+        self.inputs.push(t.ptr());
+        self.ints.push(t);
+        Ok(())
+    }
+
+    /// # Safety
+    /// As [`view`].
+    unsafe fn floats(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
+        let t = view(mem, ptr, shape)?;
+        self.inputs.push(t.ptr());
+        self.floats.push(t);
+        Ok(())
+    }
+
+    /// # Safety
+    /// As [`view`].
+    unsafe fn output(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
+        let t = view(mem, ptr, shape)?;
+        self.outputs.push(t.ptr().cast_mut());
+        self.floats.push(t);
+        Ok(())
+    }
+}
+
+impl Backend {
+    pub fn load(rt: &Runtime, cfg: &BackendConfig) -> Result<Self> {
+        let path = cfg.model.join(exports::onnx::MODEL_FILE);
+        if !path.is_file() {
+            bail!(
+                "{}: not found (export the model with `exports onnx`)",
+                path.display()
+            );
+        }
+        let mut builder = Session::builder(&rt.env)
+            .map_err(ort_err("creating a session builder"))?
+            .with_intra_threads(cfg.threads)
+            .map_err(|e| anyhow!("setting {} threads: {e}", cfg.threads))?;
+        if let Device::Cuda(id) = cfg.device {
+            let ep = ort::ep::CUDA::default()
+                .with_device_id(id as i32)
+                .build()
+                .error_on_failure();
+            builder = builder.with_execution_providers([ep]).map_err(|e| {
+                anyhow!(
+                    "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
+                     this needs an onnxruntime build with CUDA (onnxruntime-gpu) and a visible GPU"
+                )
+            })?;
+        }
+        let session = builder
+            .commit_from_file(&path)
+            .with_context(|| format!("loading {}", path.display()))?;
+        let io = ModelIo::discover(&session, &cfg.model)?;
+        let mut input_names = vec![c"input_ids".to_owned(), c"attention_mask".to_owned()];
+        if io.form == CacheForm::Concat {
+            input_names.push(c"position_ids".to_owned());
+        }
+        let mut output_names = vec![c"logits".to_owned()];
+        for kind in ["key", "value"] {
+            for i in 0..io.layers {
+                input_names
+                    .push(CString::new(format!("past_key_values.{i}.{kind}")).expect("no NUL"));
+                output_names.push(CString::new(format!("present.{i}.{kind}")).expect("no NUL"));
+            }
+        }
+        let cache = KvCache::new(
+            io.layers,
+            cfg.slots,
+            io.kv_heads,
+            io.head_dim,
+            cfg.max_len.min(64),
+        );
+        Ok(Backend {
+            session,
+            logits: vec![0.0; cfg.slots * io.vocab],
+            prefill_logits: Vec::new(),
+            past_scratch: vec![Vec::new(); 2 * io.layers],
+            present_scratch: vec![Vec::new(); 2 * io.layers],
+            io,
+            cache,
+            input_names,
+            output_names,
+            mem: MemoryInfo::default(),
+        })
+    }
+
+    pub fn slots(&self) -> usize {
+        self.cache.slots
+    }
+
+    /// Make room for sequences of `len` positions (grows geometrically; rarely copies).
+    pub fn ensure_capacity(&mut self, len: usize) {
+        if len > self.cache.capacity {
+            self.cache.grow(len.max(self.cache.capacity * 2));
+        }
+    }
+
+    /// Run the prompt through slot `slot` (batch 1); returns the logits of its last position.
+    pub fn prefill(&mut self, slot: usize, ids: &[TokenId]) -> Result<&[f32]> {
+        let p = ids.len();
+        assert!(p > 0, "prefill of an empty prompt; this is a bug");
+        self.ensure_capacity(p + 1);
+        let v = self.io.vocab;
+        let rows = if self.io.last_logits_only { 1 } else { p };
+        self.prefill_logits.resize(rows * v, 0.0);
+        let mut input_ids: Vec<i64> = ids.iter().map(|t| t.as_i64()).collect();
+        let mut mask = vec![1i64; p];
+        let mut positions: Vec<i64> = (0..p as i64).collect();
+        let (kvh, hd, cap) = (
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let mem = self.mem.clone();
+        let mut dummy = [0f32; 1];
+        // SAFETY: every view points into a buffer that is neither moved nor resized until `run`
+        // returns, and each shape's element count fits its buffer.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, input_ids.as_mut_ptr(), &[1, p])?;
+            feed.ints(&mem, mask.as_mut_ptr(), &[1, p])?;
+            feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[1, rows, v])?;
+            match self.io.form {
+                CacheForm::SharedKv => {
+                    for buf in self.cache.bufs.iter_mut() {
+                        let ptr = buf.as_mut_ptr().add(slot * kvh * cap * hd);
+                        feed.floats(&mem, ptr, &[1, kvh, cap, hd])?;
+                        feed.output(&mem, ptr, &[1, kvh, cap, hd])?;
+                    }
+                }
+                CacheForm::Concat => {
+                    feed.ints(&mem, positions.as_mut_ptr(), &[1, p])?;
+                    for scratch in self.present_scratch.iter_mut() {
+                        scratch.resize(kvh * p * hd, 0.0);
+                        feed.floats(&mem, dummy.as_mut_ptr(), &[1, kvh, 0, hd])?;
+                        feed.output(&mem, scratch.as_mut_ptr(), &[1, kvh, p, hd])?;
+                    }
+                }
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
+        }
+        if self.io.form == CacheForm::Concat {
+            for (buf, scratch) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
+                for h in 0..kvh {
+                    let dst = (slot * kvh + h) * cap * hd;
+                    buf[dst..dst + p * hd].copy_from_slice(&scratch[h * p * hd..(h + 1) * p * hd]);
+                }
+            }
+        }
+        Ok(&self.prefill_logits[(rows - 1) * v..rows * v])
+    }
+
+    /// One decode step over slots `0..rows.len()`; `None` rows are idle (their slot's contents may
+    /// be overwritten at position 0). Returns `[rows, vocab]` logits.
+    pub fn decode(&mut self, rows: &[Option<StepRow>]) -> Result<&[f32]> {
+        let b = rows.len();
+        assert!(
+            b > 0 && b <= self.cache.slots,
+            "decode of {b} rows; this is a bug"
+        );
+        let longest = rows.iter().flatten().map(|r| r.pos).max().unwrap_or(0);
+        self.ensure_capacity(longest + 1);
+        let mut input_ids: Vec<i64> = rows
+            .iter()
+            .map(|r| r.map_or(0, |r| r.token.as_i64()))
+            .collect();
+        match self.io.form {
+            CacheForm::SharedKv => self.decode_shared(rows, &mut input_ids, longest)?,
+            CacheForm::Concat => self.decode_concat(rows, &mut input_ids, longest)?,
+        }
+        Ok(&self.logits[..b * self.io.vocab])
+    }
+
+    /// Shared form, right padding: row b holds its pos_b cached tokens, then the new one; GQA
+    /// reads its length from Σ mask and writes the new K/V in place. Idle rows get one token at
+    /// position 0.
+    fn decode_shared(
+        &mut self,
+        rows: &[Option<StepRow>],
+        input_ids: &mut [i64],
+        longest: usize,
+    ) -> Result<()> {
+        let b = rows.len();
+        let v = self.io.vocab;
+        let (kvh, hd, cap) = (
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let total = longest + 1;
+        let mut mask = vec![0i64; b * total];
+        for (i, r) in rows.iter().enumerate() {
+            let n = r.map_or(1, |r| r.pos + 1);
+            mask[i * total..i * total + n].fill(1);
+        }
+        let mem = self.mem.clone();
+        // SAFETY: as in `prefill`.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, input_ids.as_mut_ptr(), &[b, 1])?;
+            feed.ints(&mem, mask.as_mut_ptr(), &[b, total])?;
+            feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
+            for buf in self.cache.bufs.iter_mut() {
+                feed.floats(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
+                feed.output(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed).context("decode step")
+        }
+    }
+
+    /// Concat form: gather a right-padded past `[b, kv, T, hd]` (T = longest cached length), feed
+    /// the new token at its own position with the pad columns masked, and copy the new column
+    /// (index T of `present`) back to position pos_b of the slot.
+    fn decode_concat(
+        &mut self,
+        rows: &[Option<StepRow>],
+        input_ids: &mut [i64],
+        t: usize,
+    ) -> Result<()> {
+        let b = rows.len();
+        let v = self.io.vocab;
+        let (kvh, hd, cap) = (
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let mut mask = vec![0i64; b * (t + 1)];
+        let mut positions = vec![0i64; b];
+        for (i, r) in rows.iter().enumerate() {
+            let pos = r.map_or(0, |r| r.pos);
+            mask[i * (t + 1)..i * (t + 1) + pos].fill(1);
+            mask[i * (t + 1) + t] = 1;
+            positions[i] = pos as i64;
+        }
+        for (buf, past) in self.cache.bufs.iter().zip(self.past_scratch.iter_mut()) {
+            past.clear();
+            past.resize(b * kvh * t * hd, 0.0);
+            for (i, r) in rows.iter().enumerate() {
+                let n = r.map_or(0, |r| r.pos);
+                for h in 0..kvh {
+                    let src = (i * kvh + h) * cap * hd;
+                    let dst = (i * kvh + h) * t * hd;
+                    past[dst..dst + n * hd].copy_from_slice(&buf[src..src + n * hd]);
+                }
+            }
+        }
+        let mem = self.mem.clone();
+        let mut dummy = [0f32; 1];
+        // SAFETY: as in `prefill`.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, input_ids.as_mut_ptr(), &[b, 1])?;
+            feed.ints(&mem, mask.as_mut_ptr(), &[b, t + 1])?;
+            feed.ints(&mem, positions.as_mut_ptr(), &[b, 1])?;
+            feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
+            for (past, present) in self
+                .past_scratch
+                .iter_mut()
+                .zip(self.present_scratch.iter_mut())
+            {
+                present.resize(b * kvh * (t + 1) * hd, 0.0);
+                let pp = if t == 0 {
+                    dummy.as_mut_ptr()
+                } else {
+                    past.as_mut_ptr()
+                };
+                feed.floats(&mem, pp, &[b, kvh, t, hd])?;
+                feed.output(&mem, present.as_mut_ptr(), &[b, kvh, t + 1, hd])?;
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed)
+                .context("decode step")?;
+        }
+        for (buf, present) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
+            for (i, r) in rows.iter().enumerate() {
+                let Some(r) = r else { continue };
+                for h in 0..kvh {
+                    let src = ((i * kvh + h) * (t + 1) + t) * hd;
+                    let dst = ((i * kvh + h) * cap + r.pos) * hd;
+                    buf[dst..dst + hd].copy_from_slice(&present[src..src + hd]);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Copy the first `len` cached positions of slot `src` into slot `dst`.
+    pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) {
+        self.cache.copy_prefix(src, dst, len);
+    }
+
+    pub fn stash(&self, slot: usize, len: usize) -> Stash {
+        Stash {
+            kv: self.cache.save_prefix(slot, len),
+            len,
+        }
+    }
+
+    pub fn unstash(&mut self, stash: &Stash, slot: usize) {
+        self.ensure_capacity(stash.len + 1);
+        self.cache.load_prefix(&stash.kv, slot, stash.len);
+    }
+}
+
+/// `Run` with caller-owned outputs (the C API fills them in place).
+///
+/// # Safety
+/// Every pointer in `feed` must be a live `OrtValue` over memory valid for the call, in the order
+/// of the name lists.
+unsafe fn run(
+    session: &Session,
+    input_names: &[CString],
+    output_names: &[CString],
+    feed: &Feed<'_>,
+) -> Result<()> {
+    assert_eq!(
+        feed.inputs.len(),
+        input_names.len(),
+        "input count; this is a bug"
+    );
+    assert_eq!(
+        feed.outputs.len(),
+        output_names.len(),
+        "output count; this is a bug"
+    );
+    let in_names: Vec<*const c_char> = input_names.iter().map(|n| n.as_ptr()).collect();
+    let out_names: Vec<*const c_char> = output_names.iter().map(|n| n.as_ptr()).collect();
+    let mut outs = feed.outputs.clone();
+    let api = ort::api();
+    let status = (api.Run)(
+        session.ptr().cast_mut(),
+        std::ptr::null(),
+        in_names.as_ptr(),
+        feed.inputs.as_ptr(),
+        feed.inputs.len(),
+        out_names.as_ptr(),
+        out_names.len(),
+        outs.as_mut_ptr(),
+    );
+    if !status.0.is_null() {
+        let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
+            .to_string_lossy()
+            .into_owned();
+        (api.ReleaseStatus)(status.0);
+        bail!("ONNX Runtime: {msg}");
+    }
+    Ok(())
+}

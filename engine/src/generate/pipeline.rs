@@ -1,0 +1,292 @@
+//! The stages of `engine generate`, linked by bounded channels so the model never waits on I/O:
+//! read → tokenize → run (one per device; owns its session) → detokenize → write.
+//! A stage whose downstream has gone stops quietly; the error that made it go is the one reported.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::fs::File;
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use anyhow::{anyhow, bail, Context, Result};
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use exports::records::{parse_line, GenerationRecord, JsonlAppender, Response};
+use exports::{PromptRecord, TokenId, Tokenizer};
+
+use super::backend::{Backend, BackendConfig};
+use super::config::{ChatTemplateMode, Device, GenerateConfig};
+use super::scheduler::{Finished, Job, Scheduler, SchedulerConfig};
+use super::stop::{response_text, Stopper};
+use crate::runtime::Runtime;
+
+/// A prompt line that parsed, with where it came from.
+pub struct Line {
+    pub index: usize,
+    pub line: usize,
+    pub record: PromptRecord,
+}
+
+/// Counters shared by the stages.
+#[derive(Default)]
+pub struct Counters {
+    pub invalid: AtomicUsize,
+    pub resumed: AtomicUsize,
+    pub truncated: AtomicUsize,
+    pub written: AtomicUsize,
+    pub tokens: AtomicU64,
+}
+
+/// Everything the stages read.
+pub struct StageCtx<'a> {
+    pub cfg: &'a GenerateConfig,
+    pub tokenizer: &'a Tokenizer,
+    pub eos: Vec<TokenId>,
+    /// Longest sequence the model takes (its position table).
+    pub context: usize,
+    pub counters: &'a Counters,
+}
+
+/// Ids already in the output (for `--resume`).
+pub fn existing_ids(out: &Path) -> Result<HashSet<String>> {
+    if !out.exists() {
+        return Ok(HashSet::new());
+    }
+    let records: Vec<GenerationRecord> = exports::records::read_jsonl(out)?;
+    Ok(records.into_iter().map(|r| r.id).collect())
+}
+
+/// Stage 1: parse prompt lines, keep this shard's, skip resumed ids.
+pub fn read_stage(ctx: &StageCtx<'_>, done: &HashSet<String>, tx: Sender<Line>) -> Result<()> {
+    let path = &ctx.cfg.prompts;
+    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let mut index = 0;
+    for (i, line) in BufReader::new(file).lines().enumerate() {
+        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
+        if line.trim().is_empty() {
+            continue;
+        }
+        let this = index;
+        index += 1;
+        if ctx.cfg.shard.is_some_and(|s| !s.keeps(this)) {
+            continue;
+        }
+        let record = match parse_line::<PromptRecord>(&line) {
+            Ok(r) => r,
+            Err(message) if ctx.cfg.skip_invalid => {
+                tracing::warn!("{}:{}: skipped: {message}", path.display(), i + 1);
+                ctx.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            Err(message) => bail!("{}:{}: {message}", path.display(), i + 1),
+        };
+        if done.contains(&record.id) {
+            ctx.counters.resumed.fetch_add(1, Ordering::Relaxed);
+            continue;
+        }
+        if tx
+            .send(Line {
+                index: this,
+                line: i + 1,
+                record,
+            })
+            .is_err()
+        {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 2: token ids by the DATA.md rule, truncated from the left to leave room for the
+/// response. Announces each kept index to the writer, which emits in that order.
+pub fn tokenize_stage(
+    ctx: &StageCtx<'_>,
+    rx: Receiver<Line>,
+    tx: Sender<Job>,
+    order: Sender<usize>,
+) -> Result<()> {
+    let path = &ctx.cfg.prompts;
+    let limit = ctx.context.saturating_sub(ctx.cfg.max_new_tokens).max(1);
+    for Line {
+        index,
+        line,
+        record,
+    } in rx
+    {
+        let prompt = record.to_prompt();
+        let ids = if record.messages.is_some() && ctx.cfg.chat_template == ChatTemplateMode::None {
+            Err("`messages` prompt but --chat-template none".to_string())
+        } else {
+            ctx.tokenizer.prompt_ids(&prompt).map_err(|e| e.to_string())
+        };
+        let mut ids = match ids {
+            Ok(ids) if ids.is_empty() => Err("prompt has no tokens".to_string()),
+            other => other,
+        }
+        .or_else(|message| {
+            if ctx.cfg.skip_invalid {
+                tracing::warn!("{}:{line}: skipped: {message}", path.display());
+                ctx.counters.invalid.fetch_add(1, Ordering::Relaxed);
+                Ok(Vec::new())
+            } else {
+                Err(anyhow!("{}:{line}: {message}", path.display()))
+            }
+        })?;
+        if ids.is_empty() {
+            continue;
+        }
+        if ids.len() > limit {
+            ids.drain(..ids.len() - limit);
+            ctx.counters.truncated.fetch_add(1, Ordering::Relaxed);
+        }
+        if order.send(index).is_err() || tx.send(Job { index, record, ids }).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 3: one per device. Owns the session; keeps its slots full while prompts arrive.
+pub fn run_stage(
+    ctx: &StageCtx<'_>,
+    rt: &Runtime,
+    device: Device,
+    rx: Receiver<Job>,
+    tx: Sender<Finished>,
+) -> Result<()> {
+    let cfg = ctx.cfg;
+    let backend = Backend::load(
+        rt,
+        &BackendConfig {
+            model: cfg.model.clone(),
+            threads: cfg.threads(),
+            device,
+            slots: cfg.batch_size,
+            max_len: ctx.context,
+        },
+    )?;
+    let stopper = Stopper::new(
+        ctx.tokenizer,
+        ctx.eos.clone(),
+        cfg.ignore_eos,
+        cfg.stop.clone(),
+        cfg.max_new_tokens,
+    );
+    let mut sched = Scheduler::new(
+        backend,
+        SchedulerConfig {
+            sampling: cfg.sampling.clone(),
+            n: cfg.n,
+            seed: cfg.seed,
+            stopper,
+        },
+    );
+    let mut open = true;
+    let mut done = Vec::new();
+    let mut reported = 0u64;
+    loop {
+        sched.admit_waiting(&mut done);
+        while open && sched.can_admit() {
+            // Block only when nothing is generating; otherwise take what has arrived and go on.
+            let job = if !sched.busy() {
+                match rx.recv() {
+                    Ok(j) => j,
+                    Err(_) => {
+                        open = false;
+                        break;
+                    }
+                }
+            } else {
+                match rx.try_recv() {
+                    Ok(j) => j,
+                    Err(TryRecvError::Empty) => break,
+                    Err(TryRecvError::Disconnected) => {
+                        open = false;
+                        break;
+                    }
+                }
+            };
+            sched.admit(job, &mut done)?;
+        }
+        if !sched.busy() && !open {
+            break;
+        }
+        if sched.busy() {
+            sched.step(&mut done)?;
+        }
+        ctx.counters
+            .tokens
+            .fetch_add(sched.tokens - reported, Ordering::Relaxed);
+        reported = sched.tokens;
+        for f in done.drain(..) {
+            if tx.send(f).is_err() {
+                return Ok(());
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Stage 4: token ids to text, cut at stop strings.
+pub fn detokenize_stage(
+    ctx: &StageCtx<'_>,
+    rx: Receiver<Finished>,
+    tx: Sender<(usize, GenerationRecord)>,
+) -> Result<()> {
+    for f in rx {
+        let responses = f
+            .samples
+            .iter()
+            .map(|s| {
+                Ok(Response {
+                    text: response_text(ctx.tokenizer, &s.tokens, s.finish, &ctx.cfg.stop)?,
+                    tokens: s.tokens.len(),
+                    finish_reason: s.finish,
+                })
+            })
+            .collect::<exports::Result<Vec<_>>>()?;
+        let r = f.record;
+        let record = GenerationRecord {
+            id: r.id,
+            prompt: r.prompt,
+            messages: r.messages,
+            reference: r.reference,
+            responses,
+            seconds: if ctx.cfg.timings { f.seconds } else { 0.0 },
+        };
+        if tx.send((f.index, record)).is_err() {
+            break;
+        }
+    }
+    Ok(())
+}
+
+/// Stage 5: append one flushed line per prompt, in input order (completions that arrive early
+/// wait in a buffer).
+pub fn write_stage(
+    ctx: &StageCtx<'_>,
+    mut out: JsonlAppender,
+    order: Receiver<usize>,
+    rx: Receiver<(usize, GenerationRecord)>,
+    bar: &indicatif::ProgressBar,
+) -> Result<()> {
+    let mut expected: VecDeque<usize> = VecDeque::new();
+    let mut waiting: BTreeMap<usize, GenerationRecord> = BTreeMap::new();
+    for (index, record) in rx {
+        waiting.insert(index, record);
+        expected.extend(order.try_iter());
+        while let Some(next) = expected.front() {
+            let Some(record) = waiting.remove(next) else {
+                break;
+            };
+            out.append(&record)?;
+            expected.pop_front();
+            ctx.counters.written.fetch_add(1, Ordering::Relaxed);
+            bar.inc(1);
+        }
+        let tokens = ctx.counters.tokens.load(Ordering::Relaxed);
+        let secs = bar.elapsed().as_secs_f64().max(1e-9);
+        bar.set_message(format!("{:.1} tok/s", tokens as f64 / secs));
+    }
+    Ok(())
+}

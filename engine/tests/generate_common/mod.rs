@@ -1,0 +1,125 @@
+//! Shared fixtures of the `engine generate` tests: tiny random Llama models exported in both ONNX
+//! flavors, prompt files, and a runner.
+
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+
+use engine::generate::{self, GenerateConfig};
+use engine::runtime::Runtime;
+use engine::sampling::Decoding;
+use exports::init::{init, InitConfig};
+use exports::onnx::{export, Flavor, OnnxExportConfig};
+use exports::records::{GenerationRecord, Message, PromptRecord};
+use exports::ModelType;
+
+pub struct Models {
+    pub dir: tempfile::TempDir,
+    pub hf: PathBuf,
+    /// GroupQueryAttention graph, last-position logits.
+    pub ort: PathBuf,
+    /// Standard-op graph with `position_ids`, logits at every position.
+    pub portable: PathBuf,
+}
+
+/// A tiny Llama (head_dim 16, as ONNX Runtime's CPU GroupQueryAttention needs a multiple of 16).
+pub fn models(seed: u64) -> Models {
+    let dir = tempfile::tempdir().unwrap();
+    let hf = dir.path().join("hf");
+    let mut cfg = InitConfig::tiny(ModelType::Llama, seed);
+    cfg.hidden_size = 64;
+    cfg.heads = 4;
+    cfg.kv_heads = 2;
+    cfg.intermediate_size = 96;
+    // Untied output weights: with tied ones a random model mostly repeats its input token.
+    cfg.tied = false;
+    init(&cfg, &hf).unwrap();
+    let ort = dir.path().join("ort");
+    let mut e = OnnxExportConfig::new(&hf, &ort);
+    e.flavor = Some(Flavor::Ort);
+    e.last_logits_only = true;
+    export(&e).unwrap();
+    let portable = dir.path().join("portable");
+    let mut e = OnnxExportConfig::new(&hf, &portable);
+    e.flavor = Some(Flavor::Portable);
+    export(&e).unwrap();
+    Models {
+        dir,
+        hf,
+        ort,
+        portable,
+    }
+}
+
+/// Prompts of varied lengths, text and chat.
+pub fn prompts(n: usize) -> Vec<PromptRecord> {
+    let texts = [
+        "The cat sat on the mat and",
+        "In the beginning",
+        "We hold these truths to be self-evident, that all men are created equal, that they are endowed",
+        "a",
+        "Numbers: 1 2 3 4 5 6 7",
+        "The state of the union is strong, and the",
+    ];
+    (0..n)
+        .map(|i| {
+            if i % 4 == 3 {
+                PromptRecord {
+                    id: format!("p{i}"),
+                    prompt: None,
+                    messages: Some(vec![Message {
+                        role: "user".into(),
+                        content: format!("Tell me about thing {i}."),
+                    }]),
+                    reference: Some(format!("ref {i}")),
+                }
+            } else {
+                PromptRecord::text(format!("p{i}"), format!("{} {i}", texts[i % texts.len()]))
+            }
+        })
+        .collect()
+}
+
+pub fn write_prompts(path: &Path, records: &[PromptRecord]) {
+    exports::records::write_jsonl(path, records).unwrap();
+}
+
+/// A config for `model` with test-friendly defaults (no progress bar, 2 threads).
+pub fn config(model: &Path, prompts: &Path, out: &Path) -> GenerateConfig {
+    let mut c = GenerateConfig::new(model, prompts, out);
+    c.progress = false;
+    c.threads = Some(2);
+    c.max_new_tokens = 12;
+    c.batch_size = 4;
+    c
+}
+
+pub fn greedy(c: &mut GenerateConfig) {
+    c.sampling.decoding = Decoding::Greedy;
+}
+
+pub fn read(out: &Path) -> Vec<GenerationRecord> {
+    exports::records::read_jsonl(out).unwrap()
+}
+
+/// The process's one ONNX Runtime environment.
+pub fn runtime() -> &'static Runtime {
+    static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
+    RT.get_or_init(|| Runtime::start(None).expect("ONNX Runtime (run scripts/setup.sh)"))
+}
+
+pub fn run(c: &GenerateConfig) -> generate::Summary {
+    generate::run_with(runtime(), c).unwrap_or_else(|e| panic!("generate failed: {e:#}"))
+}
+
+/// Output records without the timing field, which legitimately varies.
+pub fn untimed(records: &[GenerationRecord]) -> Vec<String> {
+    records
+        .iter()
+        .map(|r| {
+            let mut r = r.clone();
+            r.seconds = 0.0;
+            serde_json::to_string(&r).unwrap()
+        })
+        .collect()
+}
