@@ -1,1 +1,267 @@
-fn main() {}
+//! The `training` command line: `training fit` (train a model with one of the LOSSES.md
+//! objectives) and `training eval` (the loss components over a whole file, no update).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+use training::fit::{self, EvalConfig, FitConfig};
+use training::objectives::{Gate, MarginReduction, Objective, ObjectiveConfig};
+use training::optim::Schedule;
+
+#[derive(Parser)]
+#[command(
+    name = "training",
+    version,
+    about = "Training with libtorch: the Pairwise Cringe objectives and baselines"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a model folder on pairs / binary feedback and write checkpoints to --out.
+    Fit(Box<FitArgs>),
+    /// Loss components of an objective over whole data files, without updating the model.
+    Eval(EvalArgs),
+}
+
+/// The knobs of the objectives (LOSSES.md); unset flags keep the config file's or default values.
+#[derive(Args, Debug, Default)]
+struct LossArgs {
+    /// sft | binary-cringe | pairwise-cringe | dpo | reward.
+    #[arg(long, value_enum)]
+    objective: Option<Objective>,
+    /// Weight of the cringe term.
+    #[arg(long)]
+    alpha: Option<f64>,
+    /// Gate bias b.
+    #[arg(long)]
+    b: Option<f64>,
+    /// Gate temperature tau.
+    #[arg(long)]
+    tau: Option<f64>,
+    /// Candidates the cringe positive is drawn from (1 = deterministic).
+    #[arg(long)]
+    cringe_k: Option<usize>,
+    #[arg(long, value_enum)]
+    gate: Option<Gate>,
+    #[arg(long, value_enum)]
+    margin_reduction: Option<MarginReduction>,
+    /// No gradient through the gate (ablation).
+    #[arg(long)]
+    gate_detach: bool,
+    /// No gradient into the sampled positive logit.
+    #[arg(long)]
+    cringe_detach_positive: bool,
+    /// DPO beta.
+    #[arg(long)]
+    beta: Option<f64>,
+}
+
+impl LossArgs {
+    fn apply(&self, o: &mut ObjectiveConfig) {
+        if let Some(v) = self.objective {
+            o.name = v;
+        }
+        macro_rules! set {
+            ($($f:ident),*) => { $( if let Some(v) = self.$f { o.$f = v; } )* };
+        }
+        set!(alpha, b, tau, cringe_k, gate, margin_reduction, beta);
+        o.gate_detach |= self.gate_detach;
+        o.cringe_detach_positive |= self.cringe_detach_positive;
+    }
+}
+
+#[derive(Args, Debug)]
+struct FitArgs {
+    /// TOML file with any of the settings below (CLI flags override it).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Starting model folder (Hugging Face layout).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// Training data (JSONL pairs and/or binary feedback); repeatable.
+    #[arg(long)]
+    data: Vec<PathBuf>,
+    /// Output folder: checkpoint-<step>/, final/, metrics.jsonl.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[command(flatten)]
+    loss: LossArgs,
+    /// Examples per optimizer step.
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Examples per forward pass (gradients are accumulated).
+    #[arg(long)]
+    micro_batch_size: Option<usize>,
+    #[arg(long)]
+    epochs: Option<u64>,
+    #[arg(long)]
+    max_steps: Option<u64>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// cpu | cuda | cuda:N (bf16 autocast on CUDA).
+    #[arg(long)]
+    device: Option<String>,
+    #[arg(long)]
+    save_every: Option<u64>,
+    #[arg(long)]
+    max_length: Option<usize>,
+    /// Include prompt tokens in every sum.
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// Continue from the latest checkpoint in --out.
+    #[arg(long)]
+    resume: bool,
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    beta1: Option<f64>,
+    #[arg(long)]
+    beta2: Option<f64>,
+    #[arg(long)]
+    eps: Option<f64>,
+    #[arg(long)]
+    weight_decay: Option<f64>,
+    #[arg(long)]
+    warmup_steps: Option<u64>,
+    #[arg(long, value_enum)]
+    schedule: Option<Schedule>,
+    /// Clip the global gradient norm (0 = off).
+    #[arg(long)]
+    grad_clip: Option<f64>,
+}
+
+impl FitArgs {
+    /// Config file (or defaults) overlaid with the flags that were given.
+    fn into_config(self) -> anyhow::Result<FitConfig> {
+        let mut c = match &self.config {
+            Some(p) => FitConfig::load_toml(p)?,
+            None => FitConfig::default(),
+        };
+        if let Some(v) = self.model {
+            c.model = v;
+        }
+        if !self.data.is_empty() {
+            c.data = self.data;
+        }
+        if let Some(v) = self.out {
+            c.out = v;
+        }
+        self.loss.apply(&mut c.objective);
+        macro_rules! set {
+            ($t:expr; $($f:ident),*) => { $( if let Some(v) = self.$f { $t.$f = v; } )* };
+        }
+        set!(c; batch_size, micro_batch_size, epochs, seed, device);
+        set!(c.optim; lr, beta1, beta2, eps, weight_decay, warmup_steps, schedule, grad_clip);
+        if self.max_steps.is_some() {
+            c.max_steps = self.max_steps;
+        }
+        if self.save_every.is_some() {
+            c.save_every = self.save_every;
+        }
+        if self.max_length.is_some() {
+            c.max_length = self.max_length;
+        }
+        c.train_on_prompt |= self.train_on_prompt;
+        c.resume |= self.resume;
+        c.validate()?;
+        Ok(c)
+    }
+}
+
+#[derive(Args, Debug)]
+struct EvalArgs {
+    #[arg(long)]
+    model: PathBuf,
+    /// Data files (JSONL); repeatable.
+    #[arg(long, required = true)]
+    data: Vec<PathBuf>,
+    #[command(flatten)]
+    loss: LossArgs,
+    /// Examples per forward pass.
+    #[arg(long, default_value_t = 8)]
+    batch_size: usize,
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    #[arg(long)]
+    max_length: Option<usize>,
+    #[arg(long)]
+    train_on_prompt: bool,
+    /// DPO reference model (default: --model itself).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object.
+    #[arg(long)]
+    json: bool,
+}
+
+fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Fit(args) => {
+            let cfg = args.into_config()?;
+            let summary = fit::run(&cfg)?;
+            eprintln!(
+                "trained {} steps; model in {}",
+                summary.steps,
+                summary.final_dir.display()
+            );
+            Ok(())
+        }
+        Command::Eval(args) => {
+            let Some(name) = args.loss.objective else {
+                anyhow::bail!("--objective is required");
+            };
+            let mut objective = ObjectiveConfig::new(name);
+            args.loss.apply(&mut objective);
+            let cfg = EvalConfig {
+                model: args.model,
+                data: args.data,
+                objective,
+                batch_size: args.batch_size,
+                device: args.device,
+                max_length: args.max_length,
+                train_on_prompt: args.train_on_prompt,
+                reference: args.reference,
+                seed: args.seed,
+            };
+            let stats = fit::evaluate(&cfg)?;
+            let mut v = serde_json::to_value(&stats)?;
+            if let Some(m) = v.as_object_mut() {
+                // `training eval` prints the loss components only.
+                m.remove("chosen_logp");
+                m.remove("rejected_logp");
+            }
+            if args.json {
+                println!("{v}");
+            } else if let Some(m) = v.as_object() {
+                for (k, x) in m {
+                    println!("{k:>10}  {x}");
+                }
+            }
+            Ok(())
+        }
+    }
+}
+
+fn main() -> ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
