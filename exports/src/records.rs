@@ -109,7 +109,9 @@ impl Record for PromptRecord {
     fn validate(&self) -> std::result::Result<(), String> {
         non_empty("id", &self.id)?;
         match (&self.prompt, &self.messages) {
-            (Some(_), Some(_)) => Err("has both `prompt` and `messages`; expected exactly one".into()),
+            (Some(_), Some(_)) => {
+                Err("has both `prompt` and `messages`; expected exactly one".into())
+            }
             (None, None) => Err("missing field `prompt` (or `messages`)".into()),
             (Some(_), None) => Ok(()),
             (None, Some(m)) => Prompt::Messages(m.clone()).validate(),
@@ -138,7 +140,9 @@ impl Record for PairRecord {
     fn validate(&self) -> std::result::Result<(), String> {
         self.prompt.validate()?;
         if self.chosen == self.rejected {
-            return Err("`chosen` equals `rejected`; a pair must prefer one response over another".into());
+            return Err(
+                "`chosen` equals `rejected`; a pair must prefer one response over another".into(),
+            );
         }
         Ok(())
     }
@@ -162,11 +166,37 @@ impl Record for BinaryRecord {
 }
 
 /// A training example: pairs and binary feedback may be mixed in one file.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+///
+/// The kind is chosen by its keys (`chosen`/`rejected` → pair, `response`/`label` → binary) and then
+/// parsed strictly as that kind, so a broken line says which field is wrong instead of serde's
+/// "did not match any variant".
+#[derive(Debug, Clone, PartialEq, Serialize)]
 #[serde(untagged)]
 pub enum TrainRecord {
     Pair(PairRecord),
     Binary(BinaryRecord),
+}
+
+impl<'de> Deserialize<'de> for TrainRecord {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        use serde::de::Error as _;
+        let v = serde_json::Value::deserialize(d)?;
+        let obj = v
+            .as_object()
+            .ok_or_else(|| D::Error::custom("expected a JSON object"))?;
+        let is_pair = obj.contains_key("chosen") || obj.contains_key("rejected");
+        let is_binary = obj.contains_key("response") || obj.contains_key("label");
+        match (is_pair, is_binary) {
+            (true, false) => serde_json::from_value(v).map(TrainRecord::Pair).map_err(D::Error::custom),
+            (false, true) => serde_json::from_value(v).map(TrainRecord::Binary).map_err(D::Error::custom),
+            (true, true) => Err(D::Error::custom(
+                "mixes pair fields (`chosen`, `rejected`) with binary-feedback fields (`response`, `label`)",
+            )),
+            (false, false) => Err(D::Error::custom(
+                "expected a pair {prompt, chosen, rejected} or binary feedback {prompt, response, label}",
+            )),
+        }
+    }
 }
 
 impl Record for TrainRecord {
@@ -228,7 +258,9 @@ impl Record for GenerationRecord {
     fn validate(&self) -> std::result::Result<(), String> {
         non_empty("id", &self.id)?;
         match (&self.prompt, &self.messages) {
-            (Some(_), Some(_)) => Err("has both `prompt` and `messages`; expected exactly one".into()),
+            (Some(_), Some(_)) => {
+                Err("has both `prompt` and `messages`; expected exactly one".into())
+            }
             (None, None) => Err("missing field `prompt` (or `messages`)".into()),
             _ => Ok(()),
         }
@@ -261,7 +293,10 @@ pub fn read_jsonl<T: Record>(path: &Path) -> Result<Vec<T>> {
 }
 
 /// Stream a JSONL file record by record; `f` receives the 1-based line number.
-pub fn for_each_jsonl<T: Record>(path: &Path, mut f: impl FnMut(usize, T) -> Result<()>) -> Result<()> {
+pub fn for_each_jsonl<T: Record>(
+    path: &Path,
+    mut f: impl FnMut(usize, T) -> Result<()>,
+) -> Result<()> {
     let file = fs::File::open(path).at(path)?;
     for (i, line) in BufReader::new(file).lines().enumerate() {
         let line = line.at(path)?;
@@ -305,12 +340,20 @@ impl JsonlAppender {
         if path.exists() {
             let bytes = fs::read(path).at(path)?;
             if !bytes.is_empty() && bytes.last() != Some(&b'\n') {
-                let keep = bytes.iter().rposition(|&b| b == b'\n').map(|i| i + 1).unwrap_or(0);
+                let keep = bytes
+                    .iter()
+                    .rposition(|&b| b == b'\n')
+                    .map(|i| i + 1)
+                    .unwrap_or(0);
                 let f = fs::OpenOptions::new().write(true).open(path).at(path)?;
                 f.set_len(keep as u64).at(path)?;
             }
         }
-        let file = fs::OpenOptions::new().create(true).append(true).open(path).at(path)?;
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .at(path)?;
         Ok(JsonlAppender {
             file,
             path: path.to_path_buf(),
@@ -348,12 +391,18 @@ mod tests {
     #[test]
     fn unknown_fields_wrong_types_and_bad_roles_are_rejected() {
         let cases = [
-            ("{\"id\":\"1\",\"prompt\":\"a\",\"extra\":1}", "unknown field `extra`"),
+            (
+                "{\"id\":\"1\",\"prompt\":\"a\",\"extra\":1}",
+                "unknown field `extra`",
+            ),
             ("{\"id\":\"1\",\"prompt\":3}", "invalid type"),
             ("{\"id\":\"1\"}", "missing field `prompt`"),
             ("{\"id\":\"\",\"prompt\":\"x\"}", "`id` must not be empty"),
             ("{\"id\":\"1\",\"prompt\":\"x\",\"messages\":[]}", "both"),
-            ("{\"id\":\"1\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}", "role `robot`"),
+            (
+                "{\"id\":\"1\",\"messages\":[{\"role\":\"robot\",\"content\":\"x\"}]}",
+                "role `robot`",
+            ),
             ("not json", "expected"),
         ];
         for (line, want) in cases {
@@ -378,8 +427,19 @@ mod tests {
     }
 
     #[test]
+    fn a_broken_training_record_names_the_missing_field() {
+        let e = parse_line::<TrainRecord>("{\"prompt\":\"a\",\"chosen\":\"b\"}").unwrap_err();
+        assert!(e.contains("missing field `rejected`"), "{e}");
+        let e = parse_line::<TrainRecord>("{\"prompt\":\"a\",\"response\":\"b\"}").unwrap_err();
+        assert!(e.contains("missing field `label`"), "{e}");
+        let e = parse_line::<TrainRecord>("{\"prompt\":\"a\"}").unwrap_err();
+        assert!(e.contains("expected a pair"), "{e}");
+    }
+
+    #[test]
     fn identical_chosen_and_rejected_is_an_error() {
-        let e = parse_line::<PairRecord>("{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"b\"}").unwrap_err();
+        let e = parse_line::<PairRecord>("{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"b\"}")
+            .unwrap_err();
         assert!(e.contains("equals"), "{e}");
     }
 
@@ -388,7 +448,11 @@ mod tests {
         let f = write("{\"id\":\"a\",\"prompt\":\"x\"}\n{\"id\":\"b\",\"pro");
         let mut a = JsonlAppender::open(f.path()).unwrap();
         a.append(&PromptRecord::text("c", "y")).unwrap();
-        let ids: Vec<String> = read_jsonl::<PromptRecord>(f.path()).unwrap().into_iter().map(|r| r.id).collect();
+        let ids: Vec<String> = read_jsonl::<PromptRecord>(f.path())
+            .unwrap()
+            .into_iter()
+            .map(|r| r.id)
+            .collect();
         assert_eq!(ids, ["a", "c"]);
     }
 }

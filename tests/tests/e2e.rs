@@ -1,0 +1,4 @@
+//! End-to-end tests across the exports, engine and training crates and binaries.
+
+mod parity;
+mod pipeline;

@@ -1,0 +1,129 @@
+//! The stages chained through the real binaries: train → export → verify.
+
+use std::fs;
+
+use exports::Head;
+use tests::{run_err, run_ok, tiny_model, VARIANTS};
+
+#[test]
+fn fit_export_verify_through_the_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_model(&base, VARIANTS[0], Head::Lm, 3);
+    let data = tmp.path().join("pairs.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        lines.push_str(&format!(
+            "{{\"prompt\":\"Item {i}: the\",\"chosen\":\" cat sat on the mat.\",\"rejected\":\" the the the the\"}}\n"
+        ));
+    }
+    fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("run");
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    run_ok(
+        "training",
+        &[
+            "fit",
+            "--model",
+            &p(&base),
+            "--data",
+            &p(&data),
+            "--objective",
+            "pairwise-cringe",
+            "--out",
+            &p(&out),
+            "--max-steps",
+            "2",
+            "--batch-size",
+            "4",
+            "--lr",
+            "1e-3",
+            "--seed",
+            "1",
+        ],
+    );
+    let model = find_model_dir(&out);
+    let probe = model.join("probe.safetensors");
+    assert!(
+        probe.is_file(),
+        "training must save probe.safetensors beside the checkpoint"
+    );
+    let onnx = tmp.path().join("onnx");
+    run_ok(
+        "exports",
+        &["onnx", "--model", &p(&model), "--out", &p(&onnx)],
+    );
+    let ok = run_ok(
+        "engine",
+        &["verify", "--onnx", &p(&onnx), "--probe", &p(&probe)],
+    );
+    let text =
+        String::from_utf8_lossy(&ok.stdout).to_string() + &String::from_utf8_lossy(&ok.stderr);
+    assert!(
+        text.contains("max"),
+        "verify should report the max |Δ|: {text}"
+    );
+    // A graph exported from a different model (the untrained base) must fail the trained probe.
+    let stale = tmp.path().join("stale");
+    run_ok(
+        "exports",
+        &["onnx", "--model", &p(&base), "--out", &p(&stale)],
+    );
+    let err = run_err(
+        "engine",
+        &["verify", "--onnx", &p(&stale), "--probe", &p(&probe)],
+    );
+    assert!(err.contains("max"), "{err}");
+}
+
+/// The final Hugging Face folder a fit run wrote (the folder holding config.json + probe).
+fn find_model_dir(out: &std::path::Path) -> std::path::PathBuf {
+    let mut stack = vec![out.to_path_buf()];
+    let mut found = Vec::new();
+    while let Some(d) = stack.pop() {
+        if d.join("config.json").is_file() && d.join("probe.safetensors").is_file() {
+            found.push(d.clone());
+        }
+        for e in fs::read_dir(&d).unwrap().flatten() {
+            if e.path().is_dir() {
+                stack.push(e.path());
+            }
+        }
+    }
+    found.sort();
+    found
+        .pop()
+        .unwrap_or_else(|| panic!("no checkpoint folder under {}", out.display()))
+}
+
+#[test]
+fn bad_inputs_give_one_clear_error_naming_file_and_line() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_model(&base, VARIANTS[0], Head::Lm, 3);
+    let data = tmp.path().join("pairs.jsonl");
+    fs::write(&data, "{\"prompt\":\"a\",\"chosen\":\"b\",\"rejected\":\"c\"}\n{\"prompt\":\"a\",\"chosen\":\"b\"}\n").unwrap();
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    let err = run_err(
+        "training",
+        &[
+            "fit",
+            "--model",
+            &p(&base),
+            "--data",
+            &p(&data),
+            "--objective",
+            "sft",
+            "--out",
+            &p(&tmp.path().join("o")),
+        ],
+    );
+    assert!(
+        err.contains(&format!("{}:2", data.display())) && err.contains("rejected"),
+        "{err}"
+    );
+    assert!(
+        !tmp.path().join("o").exists()
+            || fs::read_dir(tmp.path().join("o")).unwrap().next().is_none()
+    );
+}
