@@ -19,7 +19,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Instant;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use exports::records::{for_each_jsonl, write_jsonl, GenerationRecord, PairRecord, Prompt};
 use serde::Serialize;
 
@@ -115,14 +115,12 @@ impl RewardSpec {
     }
 }
 
-/// Reward-model scoring runs an ONNX reward model through `engine::session`, which this build of
-/// the engine does not contain yet; say so instead of pretending.
+/// Load an exported reward model with the default batch size and session options.
 fn open_reward_model(dir: &Path) -> Result<Box<dyn Scorer>> {
-    Err(anyhow!(
-        "--reward-model {}: reward-model scoring is not available in this build of engine yet \
-         (it needs the ONNX session module); use --reward repetition:N",
-        dir.display()
-    ))
+    let scorer =
+        crate::reward::RewardModelScorer::open(&crate::reward::RewardModelConfig::new(dir))
+            .with_context(|| format!("--reward-model {}", dir.display()))?;
+    Ok(Box::new(scorer))
 }
 
 /// Settings of one `engine label` run.

@@ -6,6 +6,7 @@ pub mod eval;
 pub mod label;
 pub mod metrics;
 pub mod pair;
+pub mod reward;
 pub mod runtime;
 pub mod session;
 pub mod verify;
