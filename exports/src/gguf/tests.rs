@@ -460,3 +460,70 @@ fn wrong_metadata_is_named() {
     let e = import_err(&w.to_bytes()).to_string();
     assert!(e.contains("`falcon` is not supported"), "{e}");
 }
+
+/// `bytes` re-written with metadata `key` set to `value` (added when absent), tensors unchanged.
+fn with_metadata(bytes: &[u8], key: &str, value: Value) -> Vec<u8> {
+    let g = GgufFile::from_bytes(Path::new("x"), bytes.to_vec()).unwrap();
+    let mut w = GgufWriter::new();
+    for (k, v) in &g.metadata {
+        w.kv(k, if k == key { value.clone() } else { v.clone() });
+    }
+    if g.get(key).is_none() {
+        w.kv(key, value);
+    }
+    for t in &g.tensors {
+        w.tensor(&t.name, &t.ne, t.ggml_type.name, g.tensor_bytes(t).to_vec());
+    }
+    w.to_bytes()
+}
+
+#[test]
+fn add_bos_and_eos_flags_become_the_post_processor() {
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = synthetic(true).bytes;
+    let bos = with_metadata(&plain, "tokenizer.ggml.add_bos_token", Value::Bool(true));
+    let both = with_metadata(&bos, "tokenizer.ggml.add_eos_token", Value::Bool(true));
+    let encode = |bytes: &[u8], name: &str, special: bool| {
+        let out = tmp.path().join(name);
+        import_gguf(&write(tmp.path(), &format!("{name}.gguf"), bytes), &out).unwrap();
+        Tokenizer::load(&out)
+            .unwrap()
+            .encode("at", special)
+            .unwrap()
+    };
+    let at = TokenId(
+        tiny_tokenizer()
+            .vocab
+            .iter()
+            .position(|v| v == "at")
+            .unwrap() as u32,
+    );
+    assert_eq!(encode(&plain, "plain", true), vec![at]);
+    assert_eq!(encode(&bos, "bos", true), vec![TokenId(1), at]);
+    assert_eq!(encode(&bos, "bos2", false), vec![at]);
+    assert_eq!(
+        encode(&both, "both", true),
+        vec![TokenId(1), at, TokenId(2)]
+    );
+}
+
+#[test]
+fn an_existing_output_folder_survives_a_failed_import() {
+    let tmp = tempfile::tempdir().unwrap();
+    let good = synthetic(true).bytes;
+    let out = tmp.path().join("model");
+    import_gguf(&write(tmp.path(), "good.gguf", &good), &out).unwrap();
+    let before = std::fs::read(out.join("model.safetensors")).unwrap();
+    let bad = with_metadata(&good, "tokenizer.ggml.model", s("llama"));
+    let e = import_gguf(&write(tmp.path(), "bad.gguf", &bad), &out)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("tokenizer.ggml.model = `llama` is not supported"),
+        "{e}"
+    );
+    assert_eq!(
+        std::fs::read(out.join("model.safetensors")).unwrap(),
+        before
+    );
+}
