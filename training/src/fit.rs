@@ -497,7 +497,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     };
     // Longest first so that batches hold similar lengths; the sums do not depend on the order.
     let mut order: Vec<usize> = (0..ds.len()).collect();
-    order.sort_by_key(|&i| std::cmp::Reverse(ds.items[i].len()));
+    order.sort_by_key(|&i| std::cmp::Reverse(ds.items[i].padded_len()));
     let _guard = tch::no_grad_guard();
     let mut sums = StatSums::default();
     for chunk in order.chunks(cfg.batch_size.max(1)) {

@@ -25,7 +25,7 @@ enum Command {
     /// Train a model folder on pairs / binary feedback and write checkpoints to --out.
     Fit(Box<FitArgs>),
     /// Loss components of an objective over whole data files, without updating the model.
-    Eval(EvalArgs),
+    Eval(Box<EvalArgs>),
 }
 
 /// The knobs of the objectives (LOSSES.md); unset flags keep the config file's or default values.

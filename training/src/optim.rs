@@ -59,7 +59,13 @@ impl OptimConfig {
                 bail!("{k} must lie in [0, 1) (got {b})");
             }
         }
-        if !(self.eps > 0.0) || !(self.weight_decay >= 0.0) || !(self.grad_clip >= 0.0) {
+        let positive = |x: f64| x.partial_cmp(&0.0) == Some(std::cmp::Ordering::Greater);
+        let non_negative = |x: f64| {
+            x.partial_cmp(&0.0)
+                .is_some_and(|o| o != std::cmp::Ordering::Less)
+        };
+        if !positive(self.eps) || !non_negative(self.weight_decay) || !non_negative(self.grad_clip)
+        {
             bail!("eps must be positive, weight_decay and grad_clip non-negative");
         }
         Ok(())

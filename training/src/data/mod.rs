@@ -40,7 +40,7 @@ pub enum Item {
 
 impl Item {
     /// Padded length this example needs.
-    pub fn len(&self) -> usize {
+    pub fn padded_len(&self) -> usize {
         match self {
             Item::Pair {
                 chosen, rejected, ..
@@ -205,7 +205,7 @@ impl Dataset {
     }
 
     pub fn lengths(&self) -> Vec<usize> {
-        self.items.iter().map(Item::len).collect()
+        self.items.iter().map(Item::padded_len).collect()
     }
 }
 

@@ -86,8 +86,8 @@ mod tests {
         for b in &a {
             assert!(b.windows(2).all(|w| lengths[w[0]] >= lengths[w[1]]));
         }
-        for s in 0..a.len() {
-            assert_eq!(step_batch(&lengths, 4, 9, s as u64), a[s]);
+        for (s, batch) in a.iter().enumerate() {
+            assert_eq!(&step_batch(&lengths, 4, 9, s as u64), batch);
         }
     }
 }

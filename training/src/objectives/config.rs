@@ -127,13 +127,18 @@ impl ObjectiveConfig {
         if self.name.uses_cringe() && self.cringe_k == 0 {
             anyhow::bail!("objective.cringe_k must be at least 1");
         }
-        if self.name == Objective::PairwiseCringe && self.gate == Gate::Soft && !(self.tau > 0.0) {
+        if self.name == Objective::PairwiseCringe
+            && self.gate == Gate::Soft
+            && self.tau.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             anyhow::bail!(
                 "objective.tau must be positive for the soft gate (got {})",
                 self.tau
             );
         }
-        if self.name == Objective::Dpo && !(self.beta > 0.0) {
+        if self.name == Objective::Dpo
+            && self.beta.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
+        {
             anyhow::bail!("objective.beta must be positive (got {})", self.beta);
         }
         for (key, v) in [
