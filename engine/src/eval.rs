@@ -229,7 +229,10 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalReport> {
         }
         Ok(())
     })?;
-    let n = sums.examples.max(1) as f64;
+    if sums.examples == 0 {
+        bail!("{}: no generation records to evaluate", path.display());
+    }
+    let n = sums.examples as f64;
     let mut report = EvalReport {
         examples: sums.examples,
         repeat: repeat_ns

@@ -310,8 +310,9 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelSummary> {
     if cfg.min_gap.is_nan() || cfg.min_gap < 0.0 {
         bail!("--min-gap must be a number ≥ 0, got {}", cfg.min_gap);
     }
-    let start = Instant::now();
     let scorer = cfg.reward.open()?;
+    // Throughput counts reading, scoring and writing, not loading the model.
+    let start = Instant::now();
     let source = scorer.source();
     let mut labeler = Labeler {
         cfg,

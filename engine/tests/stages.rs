@@ -385,6 +385,10 @@ fn eval_f1_needs_a_reference_on_every_line() {
         ..eval_cfg(path)
     };
     assert_eq!(engine::eval::run(&cfg).unwrap().examples, 2);
+    // An empty file has no mean to report.
+    let empty = write_lines(dir.path(), "empty.jsonl", &[]);
+    let e = format!("{:#}", engine::eval::run(&eval_cfg(empty)).unwrap_err());
+    assert!(e.contains("no generation records"), "{e}");
 }
 
 #[test]
