@@ -81,3 +81,146 @@ fn cached_greedy_decoding_equals_uncached_recomputation_in_both_flavors() {
         }
     }
 }
+
+/// Sampling settings that make every token depend on the exact logits.
+fn sampling(c: &mut engine::generate::GenerateConfig) {
+    c.sampling.temperature = 1.3;
+    c.sampling.top_k = 40;
+    c.sampling.top_p = 0.95;
+    c.n = 3;
+    c.max_new_tokens = 16;
+    c.seed = 5;
+    c.timings = false;
+}
+
+#[test]
+fn output_bytes_do_not_depend_on_batch_size_threads_or_resume_point() {
+    let m = models(12);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    write_prompts(&prompts_path, &prompts(9));
+    let mut outputs = Vec::new();
+    for (batch, threads) in [(1, 1), (3, 2), (16, 2), (5, 1)] {
+        let out = m.dir.path().join(format!("b{batch}.jsonl"));
+        let mut c = config(&m.ort, &prompts_path, &out);
+        sampling(&mut c);
+        c.batch_size = batch;
+        c.threads = Some(threads);
+        let s = run(&c);
+        assert_eq!(s.prompts, 9);
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    for o in &outputs[1..] {
+        assert_eq!(o, &outputs[0], "output differs between batch sizes");
+    }
+    let text = String::from_utf8(outputs[0].clone()).unwrap();
+    // Samples of one prompt differ from each other (their own streams).
+    let first = &read(&m.dir.path().join("b1.jsonl"))[0];
+    assert!(
+        first
+            .responses
+            .iter()
+            .any(|r| r.text != first.responses[0].text),
+        "{text}"
+    );
+
+    // Interrupted run: keep two whole lines and half of the third, then resume.
+    let cut = m.dir.path().join("cut.jsonl");
+    let lines: Vec<&str> = text.split_inclusive('\n').collect();
+    let torn = format!(
+        "{}{}{}",
+        lines[0],
+        lines[1],
+        &lines[2][..lines[2].len() / 2]
+    );
+    std::fs::write(&cut, torn).unwrap();
+    let mut c = config(&m.ort, &prompts_path, &cut);
+    sampling(&mut c);
+    c.resume = true;
+    c.batch_size = 2;
+    let s = run(&c);
+    assert_eq!((s.prompts, s.resumed), (7, 2));
+    assert_eq!(std::fs::read_to_string(&cut).unwrap(), text);
+    // Without --resume an existing output is refused rather than appended to.
+    c.resume = false;
+    let e = engine::generate::run_with(runtime(), &c).unwrap_err();
+    assert!(e.to_string().contains("--resume"), "{e}");
+}
+
+#[test]
+fn shards_merged_equal_the_unsharded_run() {
+    let m = models(13);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    write_prompts(&prompts_path, &prompts(7));
+    let whole = m.dir.path().join("whole.jsonl");
+    let mut c = config(&m.ort, &prompts_path, &whole);
+    sampling(&mut c);
+    run(&c);
+    let mut shards = Vec::new();
+    for i in 0..2 {
+        let out = m.dir.path().join(format!("shard{i}.jsonl"));
+        let mut c = config(&m.ort, &prompts_path, &out);
+        sampling(&mut c);
+        c.shard = Some(engine::generate::Shard { index: i, count: 2 });
+        c.batch_size = 2 + i;
+        let s = run(&c);
+        assert_eq!(s.prompts, if i == 0 { 4 } else { 3 });
+        shards.push(out);
+    }
+    let merged = m.dir.path().join("merged.jsonl");
+    let cfg = engine::generate::MergeConfig {
+        prompts: prompts_path.clone(),
+        shards,
+        out: merged.clone(),
+    };
+    let s = engine::generate::merge(&cfg).unwrap();
+    assert_eq!((s.records, s.missing), (7, 0));
+    assert_eq!(
+        std::fs::read(&merged).unwrap(),
+        std::fs::read(&whole).unwrap()
+    );
+}
+
+#[test]
+fn the_portable_graph_gives_the_same_samples_as_the_ort_graph() {
+    // Both graphs compute the same function; sampled tokens agree unless a draw lands within
+    // float noise of a boundary, which 7 × 3 × 16 draws do not.
+    let m = models(14);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    write_prompts(&prompts_path, &prompts(7));
+    let mut got = Vec::new();
+    for (name, model) in [("ort", &m.ort), ("portable", &m.portable)] {
+        let out = m.dir.path().join(format!("{name}.jsonl"));
+        let mut c = config(model, &prompts_path, &out);
+        sampling(&mut c);
+        run(&c);
+        got.push(untimed(&read(&out)));
+    }
+    assert_eq!(got[0], got[1]);
+}
+
+#[test]
+fn malformed_lines_name_file_and_line_or_are_counted_and_long_prompts_are_truncated() {
+    let m = models(15);
+    let path = m.dir.path().join("bad.jsonl");
+    let long = "word ".repeat(400);
+    let text = format!(
+        "{{\"id\":\"a\",\"prompt\":\"hello\"}}\n\n{{\"id\":\"b\",\"prompt\":3}}\n{{\"id\":\"c\",\"prompt\":\"{long}\"}}\n{{\"id\":\"d\",\"messages\":[{{\"role\":\"user\",\"content\":\"hi\"}}]}}\n"
+    );
+    std::fs::write(&path, text).unwrap();
+    let out = m.dir.path().join("out.jsonl");
+    let mut c = config(&m.ort, &path, &out);
+    greedy(&mut c);
+    let e = engine::generate::run_with(runtime(), &c).unwrap_err();
+    assert!(
+        format!("{e:#}").contains(&format!("{}:3:", path.display())),
+        "{e:#}"
+    );
+    std::fs::remove_file(&out).unwrap();
+    c.skip_invalid = true;
+    c.chat_template = engine::generate::ChatTemplateMode::None;
+    let s = run(&c);
+    // Line 3 does not parse; line 5 has `messages` under --chat-template none.
+    assert_eq!((s.prompts, s.invalid, s.truncated), (2, 2, 1), "{s}");
+    let ids: Vec<String> = read(&out).into_iter().map(|r| r.id).collect();
+    assert_eq!(ids, ["a", "c"]);
+}

@@ -76,15 +76,20 @@ impl StopRule for Stopper<'_> {
     }
 }
 
-/// The response text of generated tokens: EOS and other special tokens dropped, cut before the
-/// first stop string when the response stopped on one.
+/// The response text of generated tokens: the ending EOS token and other special tokens dropped,
+/// cut before the first stop string when the response stopped on one.
 pub fn response_text(
     tokenizer: &Tokenizer,
     tokens: &[TokenId],
     reason: FinishReason,
     stops: &[String],
 ) -> exports::Result<String> {
-    let text = tokenizer.decode(tokens, true)?;
+    // An EOS id need not be a special token of the vocabulary (generation_config may name any).
+    let body = match reason {
+        FinishReason::Eos => &tokens[..tokens.len().saturating_sub(1)],
+        _ => tokens,
+    };
+    let text = tokenizer.decode(body, true)?;
     Ok(match (reason, first_stop(&text, stops)) {
         (FinishReason::Stop, Some(at)) => text[..at].to_string(),
         _ => text,
