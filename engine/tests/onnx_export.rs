@@ -9,7 +9,7 @@ use engine::runtime::Runtime;
 use engine::session::{DecoderSession, SessionOptions};
 use engine::verify::verify;
 use exports::init::{init, InitConfig};
-use exports::onnx::{export, Elem, Flavor, OnnxExportConfig};
+use exports::onnx::{export, Elem, Flavor, Fusions, OnnxExportConfig};
 use exports::{Checkpoint, Head, HostTensor, ModelType};
 
 /// transformers (fp32) against ONNX Runtime (fp32): summation order differs, nothing else.
@@ -60,6 +60,16 @@ struct Exported {
 }
 
 fn export_case(name: &str, flavor: Flavor, dtype: Elem, last_only: bool) -> Exported {
+    export_with(name, flavor, dtype, last_only, None)
+}
+
+fn export_with(
+    name: &str,
+    flavor: Flavor,
+    dtype: Elem,
+    last_only: bool,
+    fusions: Option<Fusions>,
+) -> Exported {
     let tmp = tempfile::tempdir().unwrap();
     let model = tmp.path().join("hf");
     let c = case(name);
@@ -70,6 +80,7 @@ fn export_case(name: &str, flavor: Flavor, dtype: Elem, last_only: bool) -> Expo
     cfg.dtype = dtype;
     cfg.head = c.head;
     cfg.last_logits_only = last_only;
+    cfg.fusions = fusions;
     export(&cfg).unwrap();
     Exported { _tmp: tmp, dir }
 }
@@ -107,6 +118,32 @@ fn logits_and_scores_match_transformers_in_every_flavor() {
                 r.compared > 0 && r.max_abs_diff <= REFERENCE_TOL,
                 "{name} {flavor:?}: {r:?}"
             );
+        }
+    }
+}
+
+#[test]
+fn each_fusion_alone_matches_transformers() {
+    // The ort flavor's fusions one at a time (and GQA on separate Q/K/V), with q/k/v/o biases.
+    let rt = runtime();
+    let one = |packed_qkv, skip_norm, gqa| Fusions {
+        packed_qkv,
+        skip_norm,
+        gqa,
+    };
+    for f in [
+        one(true, false, false),
+        one(false, true, false),
+        one(false, false, true),
+        one(true, false, true),
+    ] {
+        for name in ["llama_bias_untied", "llama_reward"] {
+            let e = export_with(name, Flavor::Ort, Elem::F32, false, Some(f));
+            let mut s = load(rt, &e);
+            assert_eq!(s.needs_right_padding(), f.gqa);
+            let r = verify(&mut s, &fixture(name), Some(REFERENCE_TOL))
+                .unwrap_or_else(|err| panic!("{name} {f:?}: {err:#}"));
+            assert!(r.max_abs_diff <= REFERENCE_TOL, "{name} {f:?}: {r:?}");
         }
     }
 }

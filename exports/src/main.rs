@@ -107,6 +107,18 @@ struct OnnxArgs {
     /// Logits only at each row's last real token.
     #[arg(long)]
     last_logits_only: bool,
+    /// Llama family, for timing: the fusions to use instead of the flavor's (comma-separated
+    /// packed-qkv, skip-norm, gqa; or none).
+    #[arg(long, value_enum, value_delimiter = ',')]
+    fusions: Option<Vec<FusionArg>>,
+}
+
+#[derive(Clone, Copy, PartialEq, ValueEnum)]
+enum FusionArg {
+    None,
+    PackedQkv,
+    SkipNorm,
+    Gqa,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -210,11 +222,18 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 HeadArg::Reward => Head::Reward,
             };
             cfg.last_logits_only = a.last_logits_only;
-            let s = exports::onnx::export(&cfg).with_context(|| format!("exporting {}", a.model.display()))?;
+            cfg.fusions = a.fusions.map(|list| exports::onnx::Fusions {
+                packed_qkv: list.contains(&FusionArg::PackedQkv),
+                skip_norm: list.contains(&FusionArg::SkipNorm),
+                gqa: list.contains(&FusionArg::Gqa),
+            });
+            let s = exports::onnx::export(&cfg)
+                .with_context(|| format!("exporting {}", a.model.display()))?;
             println!(
-                "wrote {} ({} flavor, {:?}, {} nodes, {:.1} MB of weights): {}",
+                "wrote {} ({} flavor, {:?}, {:?}, {} nodes, {:.1} MB of weights): {}",
                 s.out.display(),
                 s.flavor.as_str(),
+                s.fusions,
                 s.dtype,
                 s.nodes,
                 s.weight_bytes as f64 / 1e6,

@@ -3,11 +3,11 @@
 
 use serde_json::{json, Value};
 
-use super::Flavor;
 use crate::config::ModelConfig;
 
-/// The config for a causal-LM graph of `cfg` written as `filename`.
-pub fn genai_config(cfg: &ModelConfig, flavor: Flavor, filename: &str) -> Value {
+/// The config for a causal-LM graph of `cfg` written as `filename`; `gqa`: the graph attends with
+/// GroupQueryAttention (no `position_ids`, KV buffers may be shared).
+pub fn genai_config(cfg: &ModelConfig, gqa: bool, filename: &str) -> Value {
     let eos = match cfg.eos_token_ids.as_slice() {
         [one] => json!(one),
         many => json!(many),
@@ -26,7 +26,7 @@ pub fn genai_config(cfg: &ModelConfig, flavor: Flavor, filename: &str) -> Value 
         "past_key_names": "past_key_values.%d.key",
         "past_value_names": "past_key_values.%d.value"
     });
-    if flavor == Flavor::Portable {
+    if !gqa {
         inputs["position_ids"] = json!("position_ids");
     }
     json!({
@@ -60,7 +60,7 @@ pub fn genai_config(cfg: &ModelConfig, flavor: Flavor, filename: &str) -> Value 
             "early_stopping": true,
             // GQA writes new keys in place at `seqlens_k`, so past and present may share one buffer;
             // the concat graph returns a new, longer tensor each step.
-            "past_present_share_buffer": flavor == Flavor::Ort
+            "past_present_share_buffer": gqa
         }
     })
 }
@@ -79,7 +79,7 @@ mod tests {
             Path::new("config.json"),
         )
         .unwrap();
-        let v = genai_config(&cfg, Flavor::Ort, "model.onnx");
+        let v = genai_config(&cfg, true, "model.onnx");
         assert_eq!(v["search"]["past_present_share_buffer"], json!(true));
         assert_eq!(v["model"]["pad_token_id"], json!(2));
         assert_eq!(v["model"]["eos_token_id"], json!([2, 3]));
@@ -87,7 +87,7 @@ mod tests {
         assert!(v["model"]["decoder"]["inputs"]
             .get("position_ids")
             .is_none());
-        let p = genai_config(&cfg, Flavor::Portable, "model.onnx");
+        let p = genai_config(&cfg, false, "model.onnx");
         assert_eq!(
             p["model"]["decoder"]["inputs"]["position_ids"],
             json!("position_ids")

@@ -2,13 +2,17 @@
 //! `modeling_llama.py`: RMSNorm, rotary position embedding (`rotate_half` convention), grouped-query
 //! attention, SwiGLU MLP.
 //!
-//! Two flavors:
-//! * `Portable`: standard ONNX ops only; takes `position_ids` and builds an explicit causal +
-//!   padding mask from `attention_mask`, so any padding (left or right) works.
-//! * `Ort`: onnxruntime-genai's CPU form (ORT-GENAI-GRAPH.md §5): packed QKV `MatMul`, com.microsoft
-//!   `GroupQueryAttention` with fused rotary from cos/sin caches, `SkipSimplifiedLayerNormalization`.
-//!   No `position_ids`: GQA derives positions and lengths from `seqlens_k = Σ attention_mask − 1`,
-//!   so batches must be RIGHT-padded (real tokens first), as onnxruntime-genai pads them.
+//! Each fusion of onnxruntime-genai's CPU form (ORT-GENAI-GRAPH.md §5) can be switched on alone
+//! ([`Fusions`]), so that each can be timed against the plain graph:
+//! * none (the `portable` flavor): standard ONNX ops only; takes `position_ids` and builds an
+//!   explicit causal + padding mask from `attention_mask`, so any padding (left or right) works;
+//! * `packed_qkv`: one `MatMul` for Q|K|V (standard ops);
+//! * `skip_norm`: residual add + RMSNorm as com.microsoft `SkipSimplifiedLayerNormalization`;
+//! * `gqa`: com.microsoft `GroupQueryAttention` with fused rotary from cos/sin caches. No
+//!   `position_ids`: GQA derives positions and lengths from `seqlens_k = Σ attention_mask − 1`, so
+//!   batches must be RIGHT-padded (real tokens first), as onnxruntime-genai pads them.
+//!
+//! The `ort` flavor is all three.
 
 use super::builder::{Elem, GraphBuilder, Model, Value};
 use super::layers::{self, AttentionCtx, DecoderInputs, HeadKind, Weights};
@@ -17,9 +21,33 @@ use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::Result;
 
+/// Which of onnxruntime-genai's fusions the graph uses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Fusions {
+    pub packed_qkv: bool,
+    pub skip_norm: bool,
+    pub gqa: bool,
+}
+
+impl Fusions {
+    pub fn of(flavor: Flavor) -> Self {
+        let on = flavor == Flavor::Ort;
+        Fusions {
+            packed_qkv: on,
+            skip_norm: on,
+            gqa: on,
+        }
+    }
+
+    /// True when the graph uses com.microsoft operators.
+    pub fn contrib(self) -> bool {
+        self.skip_norm || self.gqa
+    }
+}
+
 /// What to build.
 pub struct LlamaSpec {
-    pub flavor: Flavor,
+    pub fusions: Fusions,
     pub elem: Elem,
     pub head: HeadKind,
 }
@@ -155,146 +183,186 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
             elem: spec.elem,
         },
     };
+    let f = spec.fusions;
     let mut g = GraphBuilder::new();
-    let portable = spec.flavor == Flavor::Portable;
-    let inputs = layers::decoder_inputs(&mut g, cfg, spec.elem, portable);
-    let hidden = if portable {
-        portable_body(&mut g, &ctx, &inputs)?
+    let inputs = layers::decoder_inputs(&mut g, cfg, spec.elem, !f.gqa);
+    let x = ctx.embed(&mut g, &inputs)?;
+    let attn = if f.gqa {
+        Attn::Gqa(gqa_inputs(&mut g, &ctx, &inputs))
     } else {
-        ort_body(&mut g, &ctx, &inputs)?
+        Attn::Portable(portable_ctx(&mut g, &ctx, &inputs))
     };
-    let (keys, values, hidden) = hidden;
+    let mut residual = Residual {
+        stream: x,
+        pending: None,
+        fused: f.skip_norm,
+    };
+    let (mut keys, mut values) = (vec![], vec![]);
+    let (nq, nkv, hd, h) = (
+        cfg.num_attention_heads,
+        cfg.num_key_value_heads,
+        cfg.head_dim,
+        cfg.hidden_size,
+    );
+    for l in 0..cfg.num_hidden_layers {
+        g.set_scope(&format!("model/layers.{l}/input_layernorm"));
+        let w = ctx.norm_weight(
+            &mut g,
+            &ctx.hf(l, "input_layernorm.weight"),
+            &format!("model.layers.{l}.input_layernorm.weight"),
+        )?;
+        let normed = residual.norm(&mut g, &w, cfg.norm_eps);
+        g.set_scope(&format!("model/layers.{l}/attn"));
+        let parts = [
+            ("self_attn.q_proj", nq * hd),
+            ("self_attn.k_proj", nkv * hd),
+            ("self_attn.v_proj", nkv * hd),
+        ];
+        let qkv: Vec<Value> = if f.packed_qkv {
+            let (w, b) = ctx.proj(&mut g, l, &parts, h, "attn.qkv_proj", cfg.qkv_bias)?;
+            let packed = layers::linear(&mut g, &normed, &w, b.as_ref());
+            if f.gqa {
+                vec![packed]
+            } else {
+                g.split(
+                    &packed,
+                    &[(nq * hd) as i64, (nkv * hd) as i64, (nkv * hd) as i64],
+                    -1,
+                )
+            }
+        } else {
+            let mut out = vec![];
+            for (part, onnx) in parts
+                .iter()
+                .zip(["attn.q_proj", "attn.k_proj", "attn.v_proj"])
+            {
+                let (w, b) = ctx.proj(&mut g, l, &[*part], h, onnx, cfg.qkv_bias)?;
+                out.push(layers::linear(&mut g, &normed, &w, b.as_ref()));
+            }
+            out
+        };
+        let past = [&inputs.past_keys[l], &inputs.past_values[l]];
+        let a = match &attn {
+            Attn::Gqa(gi) => gqa(&mut g, cfg, &qkv, past, gi),
+            Attn::Portable(pc) => {
+                let q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
+                let k = g.reshape(&qkv[1], &[0, 0, nkv as i64, hd as i64]);
+                let v = g.reshape(&qkv[2], &[0, 0, nkv as i64, hd as i64]);
+                let (cos, sin) = pc.rotary.as_ref().expect("llama has rotary");
+                let q = layers::apply_rotary(&mut g, &q, cos, sin, hd);
+                let k = layers::apply_rotary(&mut g, &k, cos, sin, hd);
+                layers::attention(&mut g, cfg, [&q, &k, &v], past, pc)
+            }
+        };
+        let o = ctx.o_proj(&mut g, l, &a.out)?;
+        residual.pending = Some(o);
+        g.set_scope(&format!("model/layers.{l}/post_attention_layernorm"));
+        let w = ctx.norm_weight(
+            &mut g,
+            &ctx.hf(l, "post_attention_layernorm.weight"),
+            &format!("model.layers.{l}.post_attention_layernorm.weight"),
+        )?;
+        let normed = residual.norm(&mut g, &w, cfg.norm_eps);
+        residual.pending = Some(ctx.mlp(&mut g, l, &normed)?);
+        keys.push(a.present_key);
+        values.push(a.present_value);
+    }
+    let last = cfg.num_hidden_layers;
+    g.set_scope(&format!("model/layers.{last}/final_norm_layernorm"));
+    let w = ctx.norm_weight(
+        &mut g,
+        "model.norm.weight",
+        &format!("model.layers.{last}.final_norm_layernorm.weight"),
+    )?;
+    let hidden = residual.norm(&mut g, &w, cfg.norm_eps);
     let head_w = ctx.head_weight(&mut g, spec.head)?;
     layers::emit_head(&mut g, spec.head, &hidden, &head_w, &inputs, cfg.vocab_size);
     layers::present_outputs(&mut g, cfg, &keys, &values);
-    let opsets: &[(&str, i64)] = if portable {
-        &[("", 21)]
+    let opsets: &[(&str, i64)] = if f.contrib() {
+        &[("", 21), (MS, 1)]
     } else {
-        &[("", 21), ("com.microsoft", 1)]
+        &[("", 21)]
     };
     g.finish(opsets, super::IR_VERSION, super::PRODUCER)
 }
 
-type Body = (Vec<Value>, Vec<Value>, Value);
+const MS: &str = "com.microsoft";
 
-fn portable_body(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> Result<Body> {
+/// The residual stream with the branch output not yet added to it.
+struct Residual {
+    stream: Value,
+    pending: Option<Value>,
+    /// Add + norm as one `SkipSimplifiedLayerNormalization`.
+    fused: bool,
+}
+
+impl Residual {
+    /// Add the pending branch output and return RMSNorm of the new stream.
+    fn norm(&mut self, g: &mut GraphBuilder, weight: &Value, eps: f64) -> Value {
+        match self.pending.take() {
+            // `SimplifiedLayerNormalization` lives in the default domain without being standard ONNX
+            // (onnx.checker rejects it), so a norm without a skip input uses the standard-op
+            // pattern, which ONNX Runtime fuses into that same kernel when it loads the graph.
+            None => layers::rms_norm(g, &self.stream, weight, eps),
+            Some(skip) if self.fused => {
+                let mut outs = g
+                    .op(
+                        "SkipSimplifiedLayerNormalization",
+                        &[&self.stream, &skip, weight],
+                    )
+                    .domain(MS)
+                    .attr("epsilon", eps as f32)
+                    .build_mask(&[true, false, false, true]);
+                self.stream = outs.pop().expect("two outputs");
+                outs.pop().expect("two outputs")
+            }
+            Some(skip) => {
+                self.stream = g.add(&self.stream, &skip);
+                layers::rms_norm(g, &self.stream, weight, eps)
+            }
+        }
+    }
+}
+
+enum Attn {
+    Portable(AttentionCtx),
+    Gqa(GqaInputs),
+}
+
+/// The mask and rotary tables (gathered at `position_ids`) of the standard-op attention.
+fn portable_ctx(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> AttentionCtx {
     let cfg = ctx.cfg;
-    let (h, hd, elem) = (cfg.hidden_size, cfg.head_dim, ctx.w.elem);
-    let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
-    let mut x = ctx.embed(g, inputs)?;
+    let (hd, max) = (cfg.head_dim, cfg.max_position_embeddings);
     g.set_scope("model/rotary_emb");
     let (cos_t, sin_t) = layers::rotary_tables(cfg);
-    let max = cfg.max_position_embeddings;
-    let cos_t = g.weight_f32("model.rotary_emb.cos_table", elem, &[max, hd], &cos_t);
-    let sin_t = g.weight_f32("model.rotary_emb.sin_table", elem, &[max, hd], &sin_t);
+    let cos_t = g.weight_f32("model.rotary_emb.cos_table", ctx.w.elem, &[max, hd], &cos_t);
+    let sin_t = g.weight_f32("model.rotary_emb.sin_table", ctx.w.elem, &[max, hd], &sin_t);
     let pos = inputs
         .position_ids
         .as_ref()
-        .expect("the portable graph takes position_ids");
+        .expect("the standard-op graph takes position_ids");
     let cos = g.op("Gather", &[&cos_t, pos]).attr("axis", 0i64).build();
     let sin = g.op("Gather", &[&sin_t, pos]).attr("axis", 0i64).build();
     let cos = g.unsqueeze(&cos, &[2]);
     let sin = g.unsqueeze(&sin, &[2]);
     g.set_scope("model/attn_mask");
-    let actx = AttentionCtx {
+    AttentionCtx {
         allowed: layers::causal_padding_mask(g, inputs),
         rotary: Some((cos, sin)),
-    };
-    let (mut keys, mut values) = (vec![], vec![]);
-    for l in 0..cfg.num_hidden_layers {
-        g.set_scope(&format!("model/layers.{l}/input_layernorm"));
-        let w = ctx.norm_weight(
-            g,
-            &ctx.hf(l, "input_layernorm.weight"),
-            &format!("model.layers.{l}.input_layernorm.weight"),
-        )?;
-        let normed = layers::rms_norm(g, &x, &w, cfg.norm_eps);
-        g.set_scope(&format!("model/layers.{l}/attn"));
-        let bias = cfg.qkv_bias;
-        let (wq, bq) = ctx.proj(
-            g,
-            l,
-            &[("self_attn.q_proj", nq * hd)],
-            h,
-            "attn.q_proj",
-            bias,
-        )?;
-        let (wk, bk) = ctx.proj(
-            g,
-            l,
-            &[("self_attn.k_proj", nkv * hd)],
-            h,
-            "attn.k_proj",
-            bias,
-        )?;
-        let (wv, bv) = ctx.proj(
-            g,
-            l,
-            &[("self_attn.v_proj", nkv * hd)],
-            h,
-            "attn.v_proj",
-            bias,
-        )?;
-        let q = layers::linear(g, &normed, &wq, bq.as_ref());
-        let k = layers::linear(g, &normed, &wk, bk.as_ref());
-        let v = layers::linear(g, &normed, &wv, bv.as_ref());
-        let q = g.reshape(&q, &[0, 0, nq as i64, hd as i64]);
-        let k = g.reshape(&k, &[0, 0, nkv as i64, hd as i64]);
-        let v = g.reshape(&v, &[0, 0, nkv as i64, hd as i64]);
-        let (cos, sin) = actx.rotary.as_ref().expect("set above");
-        let q = layers::apply_rotary(g, &q, cos, sin, hd);
-        let k = layers::apply_rotary(g, &k, cos, sin, hd);
-        let a = layers::attention(
-            g,
-            cfg,
-            [&q, &k, &v],
-            [&inputs.past_keys[l], &inputs.past_values[l]],
-            &actx,
-        );
-        let o = ctx.o_proj(g, l, &a.out)?;
-        x = g.add(&x, &o);
-        g.set_scope(&format!("model/layers.{l}/post_attention_layernorm"));
-        let w = ctx.norm_weight(
-            g,
-            &ctx.hf(l, "post_attention_layernorm.weight"),
-            &format!("model.layers.{l}.post_attention_layernorm.weight"),
-        )?;
-        let normed = layers::rms_norm(g, &x, &w, cfg.norm_eps);
-        let m = ctx.mlp(g, l, &normed)?;
-        x = g.add(&x, &m);
-        keys.push(a.present_key);
-        values.push(a.present_value);
     }
-    g.set_scope("model/norm");
-    let w = ctx.norm_weight(g, "model.norm.weight", "model.norm.weight")?;
-    let hidden = layers::rms_norm(g, &x, &w, cfg.norm_eps);
-    Ok((keys, values, hidden))
 }
 
-const MS: &str = "com.microsoft";
-
-/// `SkipSimplifiedLayerNormalization(residual, skip, gamma)` → (normed, residual + skip).
-fn skip_norm(
-    g: &mut GraphBuilder,
-    residual: &Value,
-    skip: &Value,
-    gamma: &Value,
-    eps: f64,
-) -> (Value, Value) {
-    let mut outs = g
-        .op("SkipSimplifiedLayerNormalization", &[residual, skip, gamma])
-        .domain(MS)
-        .attr("epsilon", eps as f32)
-        .build_mask(&[true, false, false, true]);
-    let sum = outs.pop().expect("two outputs");
-    let normed = outs.pop().expect("two outputs");
-    (normed, sum)
+/// GroupQueryAttention's shared inputs: `seqlens_k` `[B]` i32, `total_sequence_length` i32 scalar
+/// and the cos/sin caches `[max_positions, head_dim/2]`.
+struct GqaInputs {
+    seqlens_k: Value,
+    total: Value,
+    cos: Value,
+    sin: Value,
 }
 
-fn ort_body(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> Result<Body> {
+fn gqa_inputs(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> GqaInputs {
     let cfg = ctx.cfg;
-    let (h, hd, elem) = (cfg.hidden_size, cfg.head_dim, ctx.w.elem);
-    let (nq, nkv) = (cfg.num_attention_heads, cfg.num_key_value_heads);
     g.set_scope("model/attn_mask_reformat/attn_mask_subgraph");
     let axes = g.ints(&[1]);
     let lens = g
@@ -306,11 +374,9 @@ fn ort_body(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> Result<B
     let seqlens_k = g.cast(&lens, Elem::I32);
     let total = layers::dim_scalar(g, &inputs.attention_mask, 1);
     let total = g.cast(&total, Elem::I32);
-    let x = ctx.embed(g, inputs)?;
     g.set_scope("model/rotary_emb");
     let inv = cfg.rope_inv_freq();
-    let half = hd / 2;
-    let max = cfg.max_position_embeddings;
+    let (half, max) = (cfg.head_dim / 2, cfg.max_position_embeddings);
     let (mut cos, mut sin) = (
         Vec::with_capacity(max * half),
         Vec::with_capacity(max * half),
@@ -322,84 +388,46 @@ fn ort_body(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> Result<B
             sin.push(a.sin() as f32);
         }
     }
-    let cos = g.weight_f32("cos_cache", elem, &[max, half], &cos);
-    let sin = g.weight_f32("sin_cache", elem, &[max, half], &sin);
-    let (mut keys, mut values) = (vec![], vec![]);
-    let mut residual = x.clone();
-    let mut pending: Option<Value> = None;
-    for l in 0..cfg.num_hidden_layers {
-        g.set_scope(&format!("model/layers.{l}/input_layernorm"));
-        let w = ctx.norm_weight(
-            g,
-            &ctx.hf(l, "input_layernorm.weight"),
-            &format!("model.layers.{l}.input_layernorm.weight"),
-        )?;
-        // Layer 0 has no skip input. `SimplifiedLayerNormalization` lives in the default domain
-        // without being standard ONNX (onnx.checker rejects it), so layer 0 uses the standard-op
-        // pattern, which ONNX Runtime fuses into that same kernel when it loads the graph.
-        let normed = match pending.take() {
-            None => layers::rms_norm(g, &residual, &w, cfg.norm_eps),
-            Some(skip) => {
-                let (n, r) = skip_norm(g, &residual, &skip, &w, cfg.norm_eps);
-                residual = r;
-                n
-            }
-        };
-        g.set_scope(&format!("model/layers.{l}/attn"));
-        let parts = [
-            ("self_attn.q_proj", nq * hd),
-            ("self_attn.k_proj", nkv * hd),
-            ("self_attn.v_proj", nkv * hd),
-        ];
-        let (w, b) = ctx.proj(g, l, &parts, h, "attn.qkv_proj", cfg.qkv_bias)?;
-        let qkv = layers::linear(g, &normed, &w, b.as_ref());
-        let mut outs = g
-            .op("GroupQueryAttention", &[&qkv])
-            .domain(MS)
-            .skip_input()
-            .skip_input()
-            .input(&inputs.past_keys[l])
-            .input(&inputs.past_values[l])
-            .input(&seqlens_k)
-            .input(&total)
-            .input(&cos)
-            .input(&sin)
-            .attr("num_heads", nq as i64)
-            .attr("kv_num_heads", nkv as i64)
-            .attr("scale", 1.0 / (hd as f32).sqrt())
-            .attr("local_window_size", -1i64)
-            .attr("do_rotary", 1i64)
-            .attr("rotary_interleaved", 0i64)
-            .build_n(3);
-        let pv = outs.pop().expect("three outputs");
-        let pk = outs.pop().expect("three outputs");
-        let attn = outs.pop().expect("three outputs");
-        let o = ctx.o_proj(g, l, &attn)?;
-        g.set_scope(&format!("model/layers.{l}/post_attention_layernorm"));
-        let w = ctx.norm_weight(
-            g,
-            &ctx.hf(l, "post_attention_layernorm.weight"),
-            &format!("model.layers.{l}.post_attention_layernorm.weight"),
-        )?;
-        let (normed, r) = skip_norm(g, &residual, &o, &w, cfg.norm_eps);
-        residual = r;
-        pending = Some(ctx.mlp(g, l, &normed)?);
-        keys.push(pk);
-        values.push(pv);
+    GqaInputs {
+        seqlens_k,
+        total,
+        cos: g.weight_f32("cos_cache", ctx.w.elem, &[max, half], &cos),
+        sin: g.weight_f32("sin_cache", ctx.w.elem, &[max, half], &sin),
     }
-    g.set_scope(&format!(
-        "model/layers.{}/final_norm_layernorm",
-        cfg.num_hidden_layers
-    ));
-    let w = ctx.norm_weight(
-        g,
-        "model.norm.weight",
-        &format!(
-            "model.layers.{}.final_norm_layernorm.weight",
-            cfg.num_hidden_layers
-        ),
-    )?;
-    let skip = pending.expect("at least one layer");
-    let (hidden, _) = skip_norm(g, &residual, &skip, &w, cfg.norm_eps);
-    Ok((keys, values, hidden))
+}
+
+/// com.microsoft `GroupQueryAttention` on packed QKV (one value) or separate Q, K, V.
+fn gqa(
+    g: &mut GraphBuilder,
+    cfg: &ModelConfig,
+    qkv: &[Value],
+    past: [&Value; 2],
+    gi: &GqaInputs,
+) -> layers::AttentionOut {
+    let mut op = g.op("GroupQueryAttention", &[&qkv[0]]).domain(MS);
+    op = match qkv {
+        [_, k, v] => op.input(k).input(v),
+        _ => op.skip_input().skip_input(),
+    };
+    let mut outs = op
+        .input(past[0])
+        .input(past[1])
+        .input(&gi.seqlens_k)
+        .input(&gi.total)
+        .input(&gi.cos)
+        .input(&gi.sin)
+        .attr("num_heads", cfg.num_attention_heads as i64)
+        .attr("kv_num_heads", cfg.num_key_value_heads as i64)
+        .attr("scale", 1.0 / (cfg.head_dim as f32).sqrt())
+        .attr("local_window_size", -1i64)
+        .attr("do_rotary", 1i64)
+        .attr("rotary_interleaved", 0i64)
+        .build_n(3);
+    let present_value = outs.pop().expect("three outputs");
+    let present_key = outs.pop().expect("three outputs");
+    layers::AttentionOut {
+        out: outs.pop().expect("three outputs"),
+        present_key,
+        present_value,
+    }
 }

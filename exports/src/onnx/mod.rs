@@ -24,6 +24,7 @@ use std::path::{Path, PathBuf};
 
 pub use builder::Elem;
 pub use layers::HeadKind;
+pub use llama::Fusions;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
@@ -68,6 +69,9 @@ pub struct OnnxExportConfig {
     pub head: Head,
     /// Logits only at each row's last real token of the step (`[batch, 1, vocab]`).
     pub last_logits_only: bool,
+    /// Llama family: override the flavor's fusions one by one (to time each against the plain
+    /// graph); `None` takes all of them for `Ort` and none for `Portable`.
+    pub fusions: Option<Fusions>,
 }
 
 impl OnnxExportConfig {
@@ -79,6 +83,7 @@ impl OnnxExportConfig {
             dtype: Elem::F32,
             head: Head::Lm,
             last_logits_only: false,
+            fusions: None,
         }
     }
 }
@@ -88,6 +93,7 @@ impl OnnxExportConfig {
 pub struct ExportSummary {
     pub out: PathBuf,
     pub flavor: Flavor,
+    pub fusions: Fusions,
     pub dtype: Elem,
     pub nodes: usize,
     pub weight_bytes: usize,
@@ -131,26 +137,32 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         (Head::Lm, true) => HeadKind::LmLast,
         (Head::Lm, false) => HeadKind::Lm,
     };
-    if flavor == Flavor::Ort && model.head_dim % 16 != 0 {
+    let fused = cfg.fusions.is_some_and(|f| f != Fusions::default());
+    if !model.model_type.is_llama_family() && (flavor == Flavor::Ort || fused) {
+        return Err(Error::Invalid(
+            "GPT-2 is exported with --flavor portable only".into(),
+        ));
+    }
+    let fusions = match (model.model_type.is_llama_family(), cfg.fusions) {
+        (false, _) => Fusions::default(),
+        (true, Some(f)) => f,
+        (true, None) => Fusions::of(flavor),
+    };
+    if fusions.gqa && model.head_dim % 16 != 0 {
         // ONNX Runtime's CPU GroupQueryAttention kernel refuses other head sizes at run time.
         return Err(Error::Invalid(format!(
-            "--flavor ort needs head_dim to be a multiple of 16 (GroupQueryAttention), got {}; use --flavor portable",
+            "GroupQueryAttention (--flavor ort) needs head_dim to be a multiple of 16 (GroupQueryAttention), got {}; use --flavor portable",
             model.head_dim
         )));
     }
     let graph = if model.model_type.is_llama_family() {
         let spec = llama::LlamaSpec {
-            flavor,
+            fusions,
             elem: cfg.dtype,
             head,
         };
         llama::build(&model, &ckpt, &spec)?
     } else {
-        if flavor == Flavor::Ort {
-            return Err(Error::Invalid(
-                "GPT-2 is exported with --flavor portable only".into(),
-            ));
-        }
         gpt2::build(&model, &ckpt, cfg.dtype, head)?
     };
     drop(ckpt);
@@ -162,7 +174,9 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         graph.save(dir, MODEL_FILE)?;
         if head != HeadKind::Reward {
             let text = serde_json::to_string_pretty(&genai_config::genai_config(
-                &model, flavor, MODEL_FILE,
+                &model,
+                fusions.gqa,
+                MODEL_FILE,
             ))
             .expect("a JSON value always serializes");
             fsutil::write_atomic(&dir.join("genai_config.json"), text.as_bytes())?;
@@ -180,6 +194,7 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
     Ok(ExportSummary {
         out: cfg.out.clone(),
         flavor,
+        fusions,
         dtype: cfg.dtype,
         nodes,
         weight_bytes,
@@ -190,4 +205,103 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
 fn copy(from: &Path, to: &Path) -> Result<()> {
     let bytes = std::fs::read(from).at(from)?;
     fsutil::write_atomic(to, &bytes)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::init::{init, InitConfig};
+    use crate::ModelType;
+    use prost::Message;
+
+    fn exported(
+        ty: ModelType,
+        head: Head,
+        flavor: Option<Flavor>,
+    ) -> (tempfile::TempDir, Result<ExportSummary>) {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = InitConfig::tiny(ty, 3);
+        c.hidden_size = 64;
+        c.head = head;
+        init(&c, &tmp.path().join("hf")).unwrap();
+        let mut cfg = OnnxExportConfig::new(tmp.path().join("hf"), tmp.path().join("onnx"));
+        cfg.flavor = flavor;
+        cfg.head = head;
+        let r = export(&cfg);
+        (tmp, r)
+    }
+
+    #[test]
+    fn graph_has_ir_10_and_every_weight_in_the_data_file() {
+        let (tmp, r) = exported(ModelType::Llama, Head::Lm, None);
+        let s = r.unwrap();
+        assert_eq!(s.fusions, Fusions::of(Flavor::Ort));
+        let dir = tmp.path().join("onnx");
+        let m = proto::ModelProto::decode(&*std::fs::read(dir.join(MODEL_FILE)).unwrap()).unwrap();
+        assert!(m.ir_version <= 13);
+        let opsets: Vec<(String, i64)> = m
+            .opset_import
+            .iter()
+            .map(|o| (o.domain.clone(), o.version))
+            .collect();
+        assert_eq!(opsets, vec![("".into(), 21), ("com.microsoft".into(), 1)]);
+        let graph = m.graph.unwrap();
+        let data_len = std::fs::metadata(dir.join("model.onnx.data"))
+            .unwrap()
+            .len() as usize;
+        let mut end = 0;
+        for t in &graph.initializer {
+            assert_eq!(t.data_location, proto::DATA_LOCATION_EXTERNAL, "{}", t.name);
+            assert!(t.raw_data.is_empty(), "{}", t.name);
+            let field = |k: &str| {
+                t.external_data
+                    .iter()
+                    .find(|e| e.key == k)
+                    .unwrap()
+                    .value
+                    .parse::<usize>()
+                    .unwrap()
+            };
+            end = end.max(field("offset") + field("length"));
+        }
+        assert_eq!(end, data_len);
+        let inputs: Vec<&str> = graph.input.iter().map(|i| i.name.as_str()).collect();
+        assert_eq!(
+            inputs,
+            [
+                "input_ids",
+                "attention_mask",
+                "past_key_values.0.key",
+                "past_key_values.1.key",
+                "past_key_values.0.value",
+                "past_key_values.1.value"
+            ]
+        );
+        assert!(
+            s.files.contains(&"genai_config.json".to_string())
+                && s.files.contains(&"tokenizer.json".to_string())
+        );
+        assert!(graph
+            .node
+            .iter()
+            .any(|n| n.op_type == "GroupQueryAttention" && n.domain == "com.microsoft"));
+    }
+
+    #[test]
+    fn reward_export_has_score_and_no_genai_config() {
+        let (tmp, r) = exported(ModelType::Gpt2, Head::Reward, None);
+        assert_eq!(r.unwrap().flavor, Flavor::Portable);
+        let dir = tmp.path().join("onnx");
+        assert!(!dir.join("genai_config.json").exists());
+        let m = proto::ModelProto::decode(&*std::fs::read(dir.join(MODEL_FILE)).unwrap()).unwrap();
+        let g = m.graph.unwrap();
+        assert_eq!(g.output[0].name, "score");
+        assert!(g.input.iter().any(|i| i.name == "position_ids"));
+    }
+
+    #[test]
+    fn gpt2_refuses_the_ort_flavor() {
+        let (_tmp, r) = exported(ModelType::Gpt2, Head::Lm, Some(Flavor::Ort));
+        assert!(r.unwrap_err().to_string().contains("portable only"));
+    }
 }
