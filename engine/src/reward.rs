@@ -10,7 +10,6 @@
 //! tokens from the left; if the response alone is too long, the sequence keeps its last tokens.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 use exports::tokenizer::ids_to_i64;
@@ -43,22 +42,9 @@ impl RewardModelConfig {
     }
 }
 
-/// ONNX Runtime allows one environment per process ("only one environment is allowed per
-/// process"), so every reward scorer a process opens (label, then eval's win rate, or several
-/// tests in one binary) shares the first one started.
-static RUNTIME: OnceLock<Runtime> = OnceLock::new();
-static RUNTIME_START: Mutex<()> = Mutex::new(());
-
-/// The process's ONNX Runtime, started on first use from `ort_lib` (or the default search).
+/// The process's ONNX Runtime (see [`Runtime::shared`]).
 pub fn shared_runtime(ort_lib: Option<&Path>) -> Result<&'static Runtime> {
-    let _guard = RUNTIME_START
-        .lock()
-        .unwrap_or_else(|poisoned| poisoned.into_inner());
-    if let Some(rt) = RUNTIME.get() {
-        return Ok(rt);
-    }
-    let rt = Runtime::start(ort_lib)?;
-    Ok(RUNTIME.get_or_init(|| rt))
+    Runtime::shared(ort_lib)
 }
 
 /// A loaded reward model.

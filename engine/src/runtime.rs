@@ -6,6 +6,7 @@
 //!    beside the running binary's ancestors and beside the source tree it was built from.
 
 use std::path::{Path, PathBuf};
+use std::sync::{Mutex, OnceLock};
 
 use anyhow::{bail, Context, Result};
 
@@ -22,9 +23,9 @@ fn venv_library(root: &Path) -> Option<PathBuf> {
     let mut found: Vec<PathBuf> = dir
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.dylib"))
+            p.file_name().and_then(|n| n.to_str()).is_some_and(|n| {
+                n.starts_with("libonnxruntime.so") || n.starts_with("libonnxruntime.dylib")
+            })
         })
         .collect();
     // Prefer the fully versioned name (`libonnxruntime.so.1.31.1`).
@@ -71,8 +72,36 @@ pub fn locate_library(flag: Option<&Path>) -> Result<PathBuf> {
     )
 }
 
+/// ONNX Runtime allows one environment per process ("only one environment is allowed per
+/// process"), so everything a process runs — generation, verification, reward scoring, or many
+/// tests in one test binary — shares the first one started. This is the one piece of process-wide
+/// state in the engine, and it mirrors a constraint of the library rather than a choice.
+static RUNTIME: OnceLock<Runtime> = OnceLock::new();
+static RUNTIME_START: Mutex<()> = Mutex::new(());
+
 impl Runtime {
-    /// Load the library and create the environment.
+    /// The process's runtime, started on first use from `flag` (or the default search). A later
+    /// call with another `flag` gets the runtime already loaded.
+    pub fn shared(flag: Option<&Path>) -> Result<&'static Runtime> {
+        let _guard = RUNTIME_START
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some(rt) = RUNTIME.get() {
+            if let Some(f) = flag.filter(|f| *f != rt.library.as_path()) {
+                tracing::warn!(
+                    "ONNX Runtime already loaded from {}; ignoring --ort-lib {}",
+                    rt.library.display(),
+                    f.display()
+                );
+            }
+            return Ok(rt);
+        }
+        let rt = Runtime::start(flag)?;
+        Ok(RUNTIME.get_or_init(|| rt))
+    }
+
+    /// Load the library and create an environment. Use [`Runtime::shared`] unless this is the
+    /// only runtime the process will ever start.
     pub fn start(flag: Option<&Path>) -> Result<Self> {
         let library = locate_library(flag)?;
         let env = ort::init_from(&library)

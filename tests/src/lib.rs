@@ -3,7 +3,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
-use std::sync::OnceLock;
 
 use exports::init::{init, InitConfig};
 use exports::{Head, ModelType};
@@ -103,12 +102,9 @@ pub fn tiny_model(dir: &Path, v: Variant, head: Head, seed: u64) -> exports::Mod
     init(&cfg, dir).expect("init tiny model")
 }
 
-/// One ONNX Runtime environment per test process (the library can be loaded only once).
+/// The process's ONNX Runtime (the library allows one environment per process).
 pub fn runtime() -> &'static engine::runtime::Runtime {
-    static RT: OnceLock<engine::runtime::Runtime> = OnceLock::new();
-    RT.get_or_init(|| {
-        engine::runtime::Runtime::start(None).expect("ONNX Runtime (run scripts/setup.sh)")
-    })
+    engine::runtime::Runtime::shared(None).expect("ONNX Runtime (run scripts/setup.sh)")
 }
 
 /// The imported SmolLM2 folder, or `None` with a message saying how to get it.

@@ -104,8 +104,7 @@ pub fn read(out: &Path) -> Vec<GenerationRecord> {
 
 /// The process's one ONNX Runtime environment.
 pub fn runtime() -> &'static Runtime {
-    static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| Runtime::start(None).expect("ONNX Runtime (run scripts/setup.sh)"))
+    Runtime::shared(None).expect("ONNX Runtime (run scripts/setup.sh)")
 }
 
 pub fn run(c: &GenerateConfig) -> generate::Summary {
