@@ -94,7 +94,11 @@ impl HostTensor {
     }
 
     pub fn from_i64(shape: Vec<usize>, values: &[i64]) -> Self {
-        assert_eq!(shape.iter().product::<usize>(), values.len(), "shape mismatch; this is a bug");
+        assert_eq!(
+            shape.iter().product::<usize>(),
+            values.len(),
+            "shape mismatch; this is a bug"
+        );
         let data = values.iter().flat_map(|v| v.to_le_bytes()).collect();
         HostTensor {
             dtype: DType::I64,
@@ -107,7 +111,10 @@ impl HostTensor {
     pub fn to_f32(&self) -> Result<Vec<f32>> {
         let d = &self.data;
         Ok(match self.dtype {
-            DType::F32 => d.chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect(),
+            DType::F32 => d
+                .chunks_exact(4)
+                .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+                .collect(),
             DType::F16 => d
                 .chunks_exact(2)
                 .map(|c| half::f16::from_le_bytes([c[0], c[1]]).to_f32())
@@ -116,7 +123,11 @@ impl HostTensor {
                 .chunks_exact(2)
                 .map(|c| half::bf16::from_le_bytes([c[0], c[1]]).to_f32())
                 .collect(),
-            other => return Err(Error::Invalid(format!("tensor of type {other:?} is not floating point"))),
+            other => {
+                return Err(Error::Invalid(format!(
+                    "tensor of type {other:?} is not floating point"
+                )))
+            }
         })
     }
 
@@ -127,7 +138,9 @@ impl HostTensor {
                 .chunks_exact(8)
                 .map(|c| i64::from_le_bytes(c.try_into().expect("chunk of 8")))
                 .collect()),
-            other => Err(Error::Invalid(format!("tensor of type {other:?} is not int64"))),
+            other => Err(Error::Invalid(format!(
+                "tensor of type {other:?} is not int64"
+            ))),
         }
     }
 }
@@ -223,7 +236,9 @@ impl Checkpoint {
         let index = json!({"metadata": {"total_size": total_size}, "weight_map": weight_map});
         fsutil::write_atomic(
             &dir.join(INDEX_FILE),
-            serde_json::to_string_pretty(&index).expect("serializes").as_bytes(),
+            serde_json::to_string_pretty(&index)
+                .expect("serializes")
+                .as_bytes(),
         )
     }
 
@@ -232,17 +247,22 @@ impl Checkpoint {
             .iter()
             .map(|n| {
                 let t = &self.tensors[*n];
-                let view = TensorView::new(t.dtype.to_st(), t.shape.clone(), &t.data).map_err(|e| {
-                    Error::Safetensors {
-                        path: path.to_path_buf(),
-                        message: format!("tensor `{n}`: {e}"),
-                    }
-                })?;
+                let view =
+                    TensorView::new(t.dtype.to_st(), t.shape.clone(), &t.data).map_err(|e| {
+                        Error::Safetensors {
+                            path: path.to_path_buf(),
+                            message: format!("tensor `{n}`: {e}"),
+                        }
+                    })?;
                 Ok((*n, view))
             })
             .collect::<Result<_>>()?;
         // transformers refuses safetensors files whose metadata lacks a known `format`.
-        let metadata = Some([("format".to_string(), "pt".to_string())].into_iter().collect());
+        let metadata = Some(
+            [("format".to_string(), "pt".to_string())]
+                .into_iter()
+                .collect(),
+        );
         let bytes = safetensors::serialize(views, metadata).map_err(|e| Error::Safetensors {
             path: path.to_path_buf(),
             message: e.to_string(),
@@ -256,9 +276,9 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
     let index = dir.join(INDEX_FILE);
     if index.exists() {
         let text = fs::read_to_string(&index).at(&index)?;
-        let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let v: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: index.clone(),
-            source,
+            error,
         })?;
         let map = v
             .get("weight_map")
@@ -267,7 +287,10 @@ fn shard_files(dir: &Path) -> Result<Vec<PathBuf>> {
                 path: index.clone(),
                 message: "missing `weight_map` object".into(),
             })?;
-        let mut files: Vec<String> = map.values().filter_map(|f| f.as_str().map(String::from)).collect();
+        let mut files: Vec<String> = map
+            .values()
+            .filter_map(|f| f.as_str().map(String::from))
+            .collect();
         files.sort();
         files.dedup();
         return Ok(files.into_iter().map(|f| dir.join(f)).collect());
@@ -313,10 +336,21 @@ mod tests {
 
     fn sample() -> Checkpoint {
         let mut c = Checkpoint::new();
-        let odd: Vec<f32> = (0..24).map(|i| (i as f32).sin() * 1e-3 + f32::EPSILON * i as f32).collect();
-        c.insert("model.layers.0.self_attn.q_proj.weight", HostTensor::from_f32(vec![4, 6], &odd));
-        c.insert("model.norm.weight", HostTensor::from_f32(vec![6], &[1.0, -0.0, f32::MIN_POSITIVE, 3.5, 1e30, -2.0]));
-        c.insert("probe.ids", HostTensor::from_i64(vec![3], &[1, 2, i64::MAX]));
+        let odd: Vec<f32> = (0..24)
+            .map(|i| (i as f32).sin() * 1e-3 + f32::EPSILON * i as f32)
+            .collect();
+        c.insert(
+            "model.layers.0.self_attn.q_proj.weight",
+            HostTensor::from_f32(vec![4, 6], &odd),
+        );
+        c.insert(
+            "model.norm.weight",
+            HostTensor::from_f32(vec![6], &[1.0, -0.0, f32::MIN_POSITIVE, 3.5, 1e30, -2.0]),
+        );
+        c.insert(
+            "probe.ids",
+            HostTensor::from_i64(vec![3], &[1, 2, i64::MAX]),
+        );
         c
     }
 
@@ -341,7 +375,11 @@ mod tests {
         let shards: Vec<_> = fs::read_dir(dir.path())
             .unwrap()
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_string_lossy().ends_with("-of-00003.safetensors"))
+            .filter(|e| {
+                e.file_name()
+                    .to_string_lossy()
+                    .ends_with("-of-00003.safetensors")
+            })
             .collect();
         assert_eq!(shards.len(), 3);
         assert_eq!(Checkpoint::load(dir.path()).unwrap().tensors, c.tensors);
@@ -352,7 +390,13 @@ mod tests {
         let c = sample();
         let e = c.get("lm_head.weight").unwrap_err().to_string();
         assert!(e.contains("lm_head.weight"), "{e}");
-        let e = c.get_shaped("model.norm.weight", &[7]).unwrap_err().to_string();
-        assert!(e.contains("model.norm.weight") && e.contains("[7]") && e.contains("[6]"), "{e}");
+        let e = c
+            .get_shaped("model.norm.weight", &[7])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("model.norm.weight") && e.contains("[7]") && e.contains("[6]"),
+            "{e}"
+        );
     }
 }

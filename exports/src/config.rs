@@ -202,10 +202,9 @@ impl<'a> Fields<'a> {
     fn usize_opt(&self, field: &str) -> Result<Option<usize>> {
         match self.get(field) {
             None => Ok(None),
-            Some(v) => v
-                .as_u64()
-                .map(|n| Some(n as usize))
-                .ok_or_else(|| self.err(field, format!("expected a non-negative integer, got {v}"))),
+            Some(v) => v.as_u64().map(|n| Some(n as usize)).ok_or_else(|| {
+                self.err(field, format!("expected a non-negative integer, got {v}"))
+            }),
         }
     }
 
@@ -279,9 +278,9 @@ impl ModelConfig {
             path.to_path_buf()
         };
         let text = std::fs::read_to_string(&file).at(&file)?;
-        let value: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+        let value: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
             path: file.clone(),
-            source,
+            error,
         })?;
         Self::from_json(&value, &file)
     }
@@ -294,19 +293,20 @@ impl ModelConfig {
             message: "expected a JSON object".into(),
         })?;
         let f = Fields { path, map };
-        let model_type = match f.str_opt("model_type")? {
-            Some("llama") => ModelType::Llama,
-            Some("mistral") => ModelType::Mistral,
-            Some("qwen2") => ModelType::Qwen2,
-            Some("gpt2") => ModelType::Gpt2,
-            Some(other) => {
-                return Err(f.err(
+        let model_type =
+            match f.str_opt("model_type")? {
+                Some("llama") => ModelType::Llama,
+                Some("mistral") => ModelType::Mistral,
+                Some("qwen2") => ModelType::Qwen2,
+                Some("gpt2") => ModelType::Gpt2,
+                Some(other) => return Err(f.err(
                     "model_type",
-                    format!("unsupported model type `{other}` (expected llama, mistral, qwen2 or gpt2)"),
-                ))
-            }
-            None => return Err(f.err("model_type", "required field is missing")),
-        };
+                    format!(
+                        "unsupported model type `{other}` (expected llama, mistral, qwen2 or gpt2)"
+                    ),
+                )),
+                None => return Err(f.err("model_type", "required field is missing")),
+            };
         let known: &[&str] = if model_type.is_llama_family() {
             LLAMA_KEYS
         } else {
@@ -329,7 +329,9 @@ impl ModelConfig {
     fn llama_from(f: &Fields, model_type: ModelType) -> Result<Self> {
         let hidden_size = f.positive("hidden_size")?;
         let num_attention_heads = f.positive("num_attention_heads")?;
-        let num_key_value_heads = f.usize_opt("num_key_value_heads")?.unwrap_or(num_attention_heads);
+        let num_key_value_heads = f
+            .usize_opt("num_key_value_heads")?
+            .unwrap_or(num_attention_heads);
         if num_key_value_heads == 0 || num_attention_heads % num_key_value_heads != 0 {
             return Err(f.err(
                 "num_key_value_heads",
@@ -349,11 +351,19 @@ impl ModelConfig {
             }
         };
         if head_dim == 0 || head_dim % 2 != 0 {
-            return Err(f.err("head_dim", format!("{head_dim} must be even and positive for rotary embeddings")));
+            return Err(f.err(
+                "head_dim",
+                format!("{head_dim} must be even and positive for rotary embeddings"),
+            ));
         }
         match f.str_opt("hidden_act")? {
             None | Some("silu") => {}
-            Some(other) => return Err(f.err("hidden_act", format!("`{other}` is not supported (expected silu)"))),
+            Some(other) => {
+                return Err(f.err(
+                    "hidden_act",
+                    format!("`{other}` is not supported (expected silu)"),
+                ))
+            }
         }
         if f.bool_or("mlp_bias", false)? {
             return Err(f.err("mlp_bias", "MLP biases are not supported"));
@@ -418,7 +428,9 @@ impl ModelConfig {
         };
         match kind {
             "default" => Ok(None),
-            "linear" => Ok(Some(RopeScaling::Linear { factor: num("factor")? })),
+            "linear" => Ok(Some(RopeScaling::Linear {
+                factor: num("factor")?,
+            })),
             "llama3" => Ok(Some(RopeScaling::Llama3 {
                 factor: num("factor")?,
                 low_freq_factor: num("low_freq_factor")?,
@@ -436,12 +448,18 @@ impl ModelConfig {
         let hidden_size = f.positive("n_embd")?;
         let heads = f.positive("n_head")?;
         if hidden_size % heads != 0 {
-            return Err(f.err("n_embd", format!("{hidden_size} is not a multiple of n_head = {heads}")));
+            return Err(f.err(
+                "n_embd",
+                format!("{hidden_size} is not a multiple of n_head = {heads}"),
+            ));
         }
         match f.str_opt("activation_function")? {
             None | Some("gelu_new") => {}
             Some(other) => {
-                return Err(f.err("activation_function", format!("`{other}` is not supported (expected gelu_new)")))
+                return Err(f.err(
+                    "activation_function",
+                    format!("`{other}` is not supported (expected gelu_new)"),
+                ))
             }
         }
         for flag in ["scale_attn_by_inverse_layer_idx", "reorder_and_upcast_attn"] {
@@ -481,7 +499,10 @@ impl ModelConfig {
         let v = self.vocab_size as u32;
         let check = |field: &str, id: Option<u32>| -> Result<()> {
             match id {
-                Some(id) if id >= v => Err(f.err(field, format!("token id {id} is outside the vocabulary of {v}"))),
+                Some(id) if id >= v => Err(f.err(
+                    field,
+                    format!("token id {id} is outside the vocabulary of {v}"),
+                )),
                 _ => Ok(()),
             }
         };
@@ -530,7 +551,8 @@ impl ModelConfig {
                         } else if wavelen > low_wavelen {
                             f / factor
                         } else {
-                            let smooth = (old / wavelen - low_freq_factor) / (high_freq_factor - low_freq_factor);
+                            let smooth = (old / wavelen - low_freq_factor)
+                                / (high_freq_factor - low_freq_factor);
                             (1.0 - smooth) * f / factor + smooth * f
                         }
                     })
@@ -548,18 +570,29 @@ impl ModelConfig {
             m.insert("vocab_size".into(), json!(self.vocab_size));
             m.insert("hidden_size".into(), json!(self.hidden_size));
             m.insert("num_hidden_layers".into(), json!(self.num_hidden_layers));
-            m.insert("num_attention_heads".into(), json!(self.num_attention_heads));
-            m.insert("num_key_value_heads".into(), json!(self.num_key_value_heads));
+            m.insert(
+                "num_attention_heads".into(),
+                json!(self.num_attention_heads),
+            );
+            m.insert(
+                "num_key_value_heads".into(),
+                json!(self.num_key_value_heads),
+            );
             m.insert("head_dim".into(), json!(self.head_dim));
             m.insert("intermediate_size".into(), json!(self.intermediate_size));
-            m.insert("max_position_embeddings".into(), json!(self.max_position_embeddings));
+            m.insert(
+                "max_position_embeddings".into(),
+                json!(self.max_position_embeddings),
+            );
             m.insert("rms_norm_eps".into(), json!(self.norm_eps));
             m.insert("rope_theta".into(), json!(self.rope_theta));
             m.insert(
                 "rope_scaling".into(),
                 match &self.rope_scaling {
                     None => Value::Null,
-                    Some(RopeScaling::Linear { factor }) => json!({"rope_type": "linear", "factor": factor}),
+                    Some(RopeScaling::Linear { factor }) => {
+                        json!({"rope_type": "linear", "factor": factor})
+                    }
                     Some(RopeScaling::Llama3 {
                         factor,
                         low_freq_factor,
@@ -593,7 +626,10 @@ impl ModelConfig {
                 m.insert(k.into(), json!(0.0));
             }
         }
-        m.insert("tie_word_embeddings".into(), json!(self.tie_word_embeddings));
+        m.insert(
+            "tie_word_embeddings".into(),
+            json!(self.tie_word_embeddings),
+        );
         if let Some(id) = self.bos_token_id {
             m.insert("bos_token_id".into(), json!(id));
         }
@@ -611,8 +647,11 @@ impl ModelConfig {
         }
         if let Some(n) = self.num_labels {
             m.insert("num_labels".into(), json!(n));
-            let id2label: Map<String, Value> = (0..n).map(|i| (i.to_string(), json!(format!("LABEL_{i}")))).collect();
-            let label2id: Map<String, Value> = (0..n).map(|i| (format!("LABEL_{i}"), json!(i))).collect();
+            let id2label: Map<String, Value> = (0..n)
+                .map(|i| (i.to_string(), json!(format!("LABEL_{i}"))))
+                .collect();
+            let label2id: Map<String, Value> =
+                (0..n).map(|i| (format!("LABEL_{i}"), json!(i))).collect();
             m.insert("id2label".into(), Value::Object(id2label));
             m.insert("label2id".into(), Value::Object(label2id));
         }
@@ -623,7 +662,8 @@ impl ModelConfig {
 
     /// Write `config.json` into `dir` atomically.
     pub fn save(&self, dir: &Path, architecture: &str) -> Result<()> {
-        let text = serde_json::to_string_pretty(&self.to_json(architecture)).expect("a JSON value always serializes");
+        let text = serde_json::to_string_pretty(&self.to_json(architecture))
+            .expect("a JSON value always serializes");
         crate::fsutil::write_atomic(&dir.join("config.json"), text.as_bytes())
     }
 
@@ -635,7 +675,10 @@ impl ModelConfig {
         let emb = self.vocab_size * h;
         let head = if self.tie_word_embeddings { 0 } else { emb };
         let per_layer = if self.model_type.is_llama_family() {
-            h * (q + 2 * kv) + q * h + 3 * h * self.intermediate_size + 2 * h
+            h * (q + 2 * kv)
+                + q * h
+                + 3 * h * self.intermediate_size
+                + 2 * h
                 + if self.qkv_bias { q + 2 * kv } else { 0 }
                 + if self.o_bias { h } else { 0 }
         } else {
@@ -685,7 +728,10 @@ mod tests {
         let mut v = smollm();
         v["mystery_knob"] = json!(3);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("`mystery_knob`") && e.contains("unknown field"), "{e}");
+        assert!(
+            e.contains("`mystery_knob`") && e.contains("unknown field"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -693,7 +739,10 @@ mod tests {
         let mut v = smollm();
         v["num_key_value_heads"] = json!(4);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("`num_key_value_heads`") && e.contains("does not divide"), "{e}");
+        assert!(
+            e.contains("`num_key_value_heads`") && e.contains("does not divide"),
+            "{e}"
+        );
         let mut v = smollm();
         v["hidden_size"] = json!(577);
         let e = parse(&v).unwrap_err().to_string();
@@ -707,10 +756,16 @@ mod tests {
         assert!(parse(&v).unwrap_err().to_string().contains("`rope_theta`"));
         let mut v = smollm();
         v["eos_token_id"] = json!(49152);
-        assert!(parse(&v).unwrap_err().to_string().contains("`eos_token_id`"));
+        assert!(parse(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("`eos_token_id`"));
         let mut v = smollm();
         v["model_type"] = json!("falcon");
-        assert!(parse(&v).unwrap_err().to_string().contains("unsupported model type"));
+        assert!(parse(&v)
+            .unwrap_err()
+            .to_string()
+            .contains("unsupported model type"));
     }
 
     #[test]

@@ -80,15 +80,18 @@ impl TokenizerConfig {
         let mut cfg = TokenizerConfig::default();
         if path.exists() {
             let text = fs::read_to_string(&path).at(&path)?;
-            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            let v: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
                 path: path.clone(),
-                source,
+                error,
             })?;
             cfg.bos_token = Self::token_field(&v, "bos_token");
             cfg.eos_token = Self::token_field(&v, "eos_token");
             cfg.pad_token = Self::token_field(&v, "pad_token");
             cfg.unk_token = Self::token_field(&v, "unk_token");
-            cfg.model_max_length = v.get("model_max_length").and_then(Value::as_u64).map(|n| n as usize);
+            cfg.model_max_length = v
+                .get("model_max_length")
+                .and_then(Value::as_u64)
+                .map(|n| n as usize);
             cfg.chat_template = match v.get("chat_template") {
                 None | Some(Value::Null) => None,
                 Some(Value::String(s)) => Some(s.clone()),
@@ -103,7 +106,9 @@ impl TokenizerConfig {
                     return Err(Error::Config {
                         path,
                         field: "chat_template".into(),
-                        message: format!("expected a string or a list of named templates, got {other}"),
+                        message: format!(
+                            "expected a string or a list of named templates, got {other}"
+                        ),
                     })
                 }
             };
@@ -157,7 +162,10 @@ pub struct Tokenizer {
 
 impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Tokenizer").field("path", &self.path).field("eos", &self.eos).finish()
+        f.debug_struct("Tokenizer")
+            .field("path", &self.path)
+            .field("eos", &self.eos)
+            .finish()
     }
 }
 
@@ -180,23 +188,28 @@ impl Tokenizer {
         let lookup = |tok: &Option<String>, field: &str| -> Result<Option<TokenId>> {
             match tok {
                 None => Ok(None),
-                Some(t) => inner.token_to_id(t).map(|id| Some(TokenId(id))).ok_or_else(|| Error::Config {
-                    path: dir.join("tokenizer_config.json"),
-                    field: field.into(),
-                    message: format!("token `{t}` is not in the vocabulary"),
-                }),
+                Some(t) => inner
+                    .token_to_id(t)
+                    .map(|id| Some(TokenId(id)))
+                    .ok_or_else(|| Error::Config {
+                        path: dir.join("tokenizer_config.json"),
+                        field: field.into(),
+                        message: format!("token `{t}` is not in the vocabulary"),
+                    }),
             }
         };
         let model_cfg = dir.join("config.json");
         let config_eos = if model_cfg.exists() {
             let text = fs::read_to_string(&model_cfg).at(&model_cfg)?;
-            let v: Value = serde_json::from_str(&text).map_err(|source| Error::Json {
+            let v: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
                 path: model_cfg.clone(),
-                source,
+                error,
             })?;
             match v.get("eos_token_id") {
                 Some(Value::Number(n)) => n.as_u64().map(|n| TokenId(n as u32)),
-                Some(Value::Array(a)) => a.first().and_then(Value::as_u64).map(|n| TokenId(n as u32)),
+                Some(Value::Array(a)) => {
+                    a.first().and_then(Value::as_u64).map(|n| TokenId(n as u32))
+                }
                 _ => None,
             }
         } else {
@@ -257,13 +270,18 @@ impl Tokenizer {
 
     /// Token ids of `text`; `add_special_tokens` applies the tokenizer's post-processor.
     pub fn encode(&self, text: &str, add_special_tokens: bool) -> Result<Vec<TokenId>> {
-        let enc = self.inner.encode(text, add_special_tokens).map_err(|e| self.tok_err(e))?;
+        let enc = self
+            .inner
+            .encode(text, add_special_tokens)
+            .map_err(|e| self.tok_err(e))?;
         Ok(enc.get_ids().iter().map(|&i| TokenId(i)).collect())
     }
 
     pub fn decode(&self, ids: &[TokenId], skip_special_tokens: bool) -> Result<String> {
         let raw: Vec<u32> = ids.iter().map(|t| t.0).collect();
-        self.inner.decode(&raw, skip_special_tokens).map_err(|e| self.tok_err(e))
+        self.inner
+            .decode(&raw, skip_special_tokens)
+            .map_err(|e| self.tok_err(e))
     }
 
     /// Render chat messages with the model's template (`add_generation_prompt = true`).
@@ -294,7 +312,12 @@ impl Tokenizer {
     /// Prompt and response tokenized separately and joined (never re-tokenized together), fitted to
     /// `max_length` by dropping prompt tokens from the left. `None` when the response alone does
     /// not fit with at least one prompt token before it.
-    pub fn example(&self, prompt: &Prompt, response: &str, max_length: Option<usize>) -> Result<Option<Example>> {
+    pub fn example(
+        &self,
+        prompt: &Prompt,
+        response: &str,
+        max_length: Option<usize>,
+    ) -> Result<Option<Example>> {
         let p = self.prompt_ids(prompt)?;
         let r = self.response_ids(response)?;
         Ok(fit_example(p, r, max_length))
@@ -302,7 +325,11 @@ impl Tokenizer {
 }
 
 /// The truncation policy: keep the whole response, drop prompt tokens from the left.
-pub fn fit_example(prompt: Vec<TokenId>, response: Vec<TokenId>, max_length: Option<usize>) -> Option<Example> {
+pub fn fit_example(
+    prompt: Vec<TokenId>,
+    response: Vec<TokenId>,
+    max_length: Option<usize>,
+) -> Option<Example> {
     let max = max_length.unwrap_or(usize::MAX);
     let mut truncated = 0;
     let mut prompt = prompt;
@@ -327,7 +354,8 @@ pub fn bytes_to_unicode() -> [char; 256] {
     let mut table = ['\0'; 256];
     let mut n = 0u32;
     for b in 0..256u32 {
-        let printable = (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
+        let printable =
+            (33..=126).contains(&b) || (161..=172).contains(&b) || (174..=255).contains(&b);
         table[b as usize] = if printable {
             char::from_u32(b).expect("valid")
         } else {
@@ -353,9 +381,17 @@ pub struct ByteLevelBpe {
 impl ByteLevelBpe {
     /// The `tokenizer.json` document (format of the `tokenizers` library 0.2x).
     pub fn to_json(&self) -> Value {
-        let vocab: serde_json::Map<String, Value> =
-            self.vocab.iter().enumerate().map(|(i, t)| (t.clone(), json!(i))).collect();
-        let merges: Vec<Value> = self.merges.iter().map(|(a, b)| json!(format!("{a} {b}"))).collect();
+        let vocab: serde_json::Map<String, Value> = self
+            .vocab
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.clone(), json!(i)))
+            .collect();
+        let merges: Vec<Value> = self
+            .merges
+            .iter()
+            .map(|(a, b)| json!(format!("{a} {b}")))
+            .collect();
         let added: Vec<Value> = self
             .special_ids
             .iter()
