@@ -267,6 +267,31 @@ impl Record for GenerationRecord {
     }
 }
 
+/// One line of `training fit`'s `metrics.jsonl`: every per-step field of `LOSSES.md` (null when the
+/// objective has none).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainMetrics {
+    /// Optimizer steps completed (1-based).
+    pub step: u64,
+    pub epoch: f64,
+    pub examples: usize,
+    pub tokens: usize,
+    pub loss: f64,
+    pub ce: Option<f64>,
+    pub cringe: Option<f64>,
+    pub gate: Option<f64>,
+    pub margin: Option<f64>,
+    pub chosen_logp: Option<f64>,
+    pub rejected_logp: Option<f64>,
+    pub accuracy: Option<f64>,
+    pub lr: f64,
+    pub grad_norm: f64,
+    pub tokens_per_s: f64,
+}
+
+impl Record for TrainMetrics {}
+
 /// Parse one JSONL line; `Err` holds the message without file and line.
 pub fn parse_line<T: Record>(line: &str) -> std::result::Result<T, String> {
     let value: T = serde_json::from_str(line).map_err(|e| {

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::data::{collate, plan, CollateConfig, Dataset, EncodeConfig, Item, MicroBatch};
-use crate::metrics_log::{MetricsLine, MetricsLog, Progress, StepInfo};
+use crate::metrics_log::{metrics_line, MetricsLine, MetricsLog, Progress, StepInfo};
 use crate::model::Model;
 use crate::objectives::{
     lm_loss, reward_loss, seq_terms, CringeInputs, Layout, Normalizers, ObjectiveConfig, StatSums,
@@ -378,7 +378,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
             grad_norm,
             seconds: t0.elapsed().as_secs_f64(),
         };
-        let line = MetricsLine::new(&sums.means(cfg.objective.name), &info);
+        let line = metrics_line(&sums.means(cfg.objective.name), &info);
         metrics.append(&line)?;
         progress.update(&line);
         tracing::debug!(step = step + 1, loss = line.loss, grad_norm, lr, "step");

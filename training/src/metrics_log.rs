@@ -6,30 +6,11 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use exports::records::JsonlAppender;
 use indicatif::{ProgressBar, ProgressStyle};
-use serde::{Deserialize, Serialize};
 
 use crate::objectives::StepStats;
 
-/// One line of `metrics.jsonl`: every field `LOSSES.md` lists (null when the objective has none).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct MetricsLine {
-    /// Optimizer steps completed (1-based).
-    pub step: u64,
-    pub epoch: f64,
-    pub examples: usize,
-    pub tokens: usize,
-    pub loss: f64,
-    pub ce: Option<f64>,
-    pub cringe: Option<f64>,
-    pub gate: Option<f64>,
-    pub margin: Option<f64>,
-    pub chosen_logp: Option<f64>,
-    pub rejected_logp: Option<f64>,
-    pub accuracy: Option<f64>,
-    pub lr: f64,
-    pub grad_norm: f64,
-    pub tokens_per_s: f64,
-}
+/// One line of `metrics.jsonl`; the format lives in `exports` because the report reads it too.
+pub use exports::records::TrainMetrics as MetricsLine;
 
 /// What a step reports besides its loss statistics.
 pub struct StepInfo {
@@ -41,25 +22,24 @@ pub struct StepInfo {
     pub seconds: f64,
 }
 
-impl MetricsLine {
-    pub fn new(s: &StepStats, info: &StepInfo) -> Self {
-        MetricsLine {
-            step: info.step,
-            epoch: info.epoch,
-            examples: s.examples,
-            tokens: info.tokens,
-            loss: s.loss,
-            ce: s.ce,
-            cringe: s.cringe,
-            gate: s.gate,
-            margin: s.margin,
-            chosen_logp: s.chosen_logp,
-            rejected_logp: s.rejected_logp,
-            accuracy: s.accuracy,
-            lr: info.lr,
-            grad_norm: info.grad_norm,
-            tokens_per_s: info.tokens as f64 / info.seconds.max(1e-9),
-        }
+/// The metrics line of one optimizer step.
+pub fn metrics_line(s: &StepStats, info: &StepInfo) -> MetricsLine {
+    MetricsLine {
+        step: info.step,
+        epoch: info.epoch,
+        examples: s.examples,
+        tokens: info.tokens,
+        loss: s.loss,
+        ce: s.ce,
+        cringe: s.cringe,
+        gate: s.gate,
+        margin: s.margin,
+        chosen_logp: s.chosen_logp,
+        rejected_logp: s.rejected_logp,
+        accuracy: s.accuracy,
+        lr: info.lr,
+        grad_norm: info.grad_norm,
+        tokens_per_s: info.tokens as f64 / info.seconds.max(1e-9),
     }
 }
 
@@ -99,15 +79,7 @@ impl MetricsLog {
 
 /// Read every line of a `metrics.jsonl`.
 pub fn read_metrics(path: &Path) -> Result<Vec<MetricsLine>> {
-    let text =
-        std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
-    text.lines()
-        .enumerate()
-        .filter(|(_, l)| !l.trim().is_empty())
-        .map(|(i, l)| {
-            serde_json::from_str(l).with_context(|| format!("{}:{}", path.display(), i + 1))
-        })
-        .collect()
+    Ok(exports::records::read_jsonl(path)?)
 }
 
 /// A progress bar on stderr with tokens/s and ETA; hidden when stderr is not a terminal.
