@@ -17,12 +17,13 @@ use ort::value::TensorElementType;
 use crate::runtime::Runtime;
 use crate::session::{DecoderSession, HeadOutput, SessionOptions, StepOutput};
 
-/// The largest |Δ| accepted for a graph whose io type is `kv`: 1e-3 for fp32; half-precision
-/// graphs round every activation, so they get 5e-2 (fp16) and 2e-1 (bf16).
+/// The largest |Δ| accepted for a graph whose io type is `kv`: 1e-3 for fp32. Half-precision
+/// graphs round every weight and activation (SmolLM2-135M in fp16 differs from its fp32 logits by
+/// up to 0.19), so for them the check only catches wiring errors: 0.5 (fp16) and 2.0 (bf16).
 pub fn default_tolerance(kv: TensorElementType) -> f32 {
     match kv {
-        TensorElementType::Float16 => 5e-2,
-        TensorElementType::Bfloat16 => 2e-1,
+        TensorElementType::Float16 => 0.5,
+        TensorElementType::Bfloat16 => 2.0,
         _ => 1e-3,
     }
 }

@@ -50,8 +50,7 @@ fn fixture(name: &str) -> PathBuf {
 
 /// ONNX Runtime allows one environment per process; the tests share it.
 fn runtime() -> &'static Runtime {
-    static RT: std::sync::OnceLock<Runtime> = std::sync::OnceLock::new();
-    RT.get_or_init(|| Runtime::start(None).expect("ONNX Runtime (run scripts/setup.sh)"))
+    Runtime::shared(None).expect("ONNX Runtime (run scripts/setup.sh)")
 }
 
 struct Exported {
@@ -274,15 +273,14 @@ fn prefill_then_decode_equals_one_full_forward() {
         let mut cache = s.new_cache(2).unwrap();
         s.forward(&ids, 2, n, &mask, &mut cache).unwrap();
         let mut steps = vec![];
-        for k in 0..3 {
-            let step_ids = [decode[0][k], decode[1][k]];
-            let total = n + k + 1;
+        for (k, (a, b)) in decode[0].iter().zip(&decode[1]).enumerate() {
+            let step_ids = [*a, *b];
+            // Each step appends a 1-column after the prompt's mask (pads stay 0).
             let mut m = vec![];
             for r in 0..2 {
                 m.extend_from_slice(&mask[r * n..(r + 1) * n]);
                 m.extend(std::iter::repeat_n(1, k + 1));
             }
-            let _ = total;
             steps.push(s.forward(&step_ids, 2, 1, &m, &mut cache).unwrap());
         }
         assert_eq!(cache.len(), n + 3);
