@@ -1,0 +1,240 @@
+//! The `engine` command: inference-side stages of the PCO pipeline. Each subcommand parses its
+//! flags into a library config and makes one library call; summaries go to stderr, results to
+//! files (or stdout for `eval`).
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
+use engine::bootstrap::{BootstrapConfig, DEFAULT_RESAMPLES};
+use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
+use engine::label::{LabelConfig, RewardSpec};
+use engine::pair::PairConfig;
+
+#[derive(Parser)]
+#[command(
+    name = "engine",
+    version,
+    about = "Inference with ONNX Runtime: labeling, pairing and evaluation"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    Label(LabelArgs),
+    Pair(PairArgs),
+    Eval(EvalArgs),
+    Verify(VerifyArgs),
+}
+
+/// Check an exported ONNX folder against the probe training saved beside its checkpoint
+/// (probe.safetensors): fails when max |Δ| over real positions exceeds the tolerance
+/// (1e-3 for fp32 graphs).
+#[derive(Args)]
+struct VerifyArgs {
+    /// Folder written by `exports onnx`.
+    #[arg(long)]
+    onnx: PathBuf,
+    /// probe.safetensors (input_ids, attention_mask, and logits or scores).
+    #[arg(long)]
+    probe: PathBuf,
+    /// Largest accepted |Δ| (default: 1e-3 fp32, 0.5 fp16, 2.0 bf16).
+    #[arg(long)]
+    tolerance: Option<f32>,
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+/// Score each prompt's responses and keep the best and the worst as a preference pair.
+///
+/// Responses are ranked by reward (higher first); equal rewards by length in METRICS.md word
+/// tokens (longer first, so an empty or cut-short response never wins a tie just by repeating
+/// nothing), then by position (earlier first). Chosen = first, rejected = last. No pair when all
+/// rewards tie, when chosen − rejected < --min-gap, when both texts are equal, or with fewer than
+/// two responses.
+#[derive(Args)]
+#[command(group(ArgGroup::new("scorer").required(true).args(["reward", "reward_model"])))]
+struct LabelArgs {
+    /// Generation records (JSONL, `engine generate` output).
+    #[arg(long)]
+    generations: PathBuf,
+    /// Where to write the pairs (JSONL).
+    #[arg(long)]
+    out: PathBuf,
+    /// Programmatic reward: `repetition[:N]` = −Repeat@N(response | prompt), N defaults to 3.
+    #[arg(long, value_name = "SPEC")]
+    reward: Option<RewardSpec>,
+    /// Reward-model folder (ONNX) to score with instead.
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
+    /// Smallest chosen − rejected reward gap that makes a pair.
+    #[arg(long, default_value_t = 0.0, value_name = "X")]
+    min_gap: f64,
+    /// Also write `{"id","scores":[...]}` per prompt, scores in response order.
+    #[arg(long, value_name = "FILE")]
+    scores_out: Option<PathBuf>,
+}
+
+impl LabelArgs {
+    fn into_config(self) -> LabelConfig {
+        LabelConfig {
+            generations: self.generations,
+            out: self.out,
+            reward: reward_spec(self.reward, self.reward_model).expect("clap requires one scorer"),
+            min_gap: self.min_gap,
+            scores_out: self.scores_out,
+        }
+    }
+}
+
+fn reward_spec(reward: Option<RewardSpec>, model: Option<PathBuf>) -> Option<RewardSpec> {
+    reward.or(model.map(|dir| RewardSpec::Model { dir }))
+}
+
+/// Join two generation files by prompt id into pairs (chosen = first response of --chosen,
+/// rejected = first response of --rejected): the paper's iteration-1 repetition pairs.
+#[derive(Args)]
+struct PairArgs {
+    /// Winning generations (e.g. beam search with n-gram blocking).
+    #[arg(long)]
+    chosen: PathBuf,
+    /// Losing generations (e.g. greedy decoding).
+    #[arg(long)]
+    rejected: PathBuf,
+    /// Where to write the pairs (JSONL).
+    #[arg(long)]
+    out: PathBuf,
+    /// Keep a pair only if the rejected response repeats an N-gram of itself or its context.
+    #[arg(long, value_name = "N")]
+    require_repeat: Option<usize>,
+}
+
+/// Which responses of each record to evaluate.
+#[derive(Clone, Copy, ValueEnum)]
+enum ResponseArg {
+    /// The first response of each record.
+    First,
+    /// Every response, each one example.
+    All,
+}
+
+/// Repeat@n, F1 against each record's `reference`, and win rate against another generation file.
+#[derive(Args)]
+#[command(group(ArgGroup::new("scorer").args(["reward", "reward_model"]).requires("against")))]
+struct EvalArgs {
+    /// Generation records (JSONL).
+    #[arg(long)]
+    generations: PathBuf,
+    /// Comma-separated metrics: repeat@N, f1; or `none`.
+    #[arg(long, default_value = "repeat@3,f1", value_parser = parse_metrics)]
+    metrics: Metrics,
+    /// Evaluate the first response of each record, or all of them.
+    #[arg(long, value_enum, default_value = "first")]
+    response: ResponseArg,
+    /// Reward-model folder (ONNX) that scores both sides for the win rate.
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
+    /// Programmatic reward for the win rate instead of a model, e.g. `repetition:3`.
+    #[arg(long, value_name = "SPEC")]
+    reward: Option<RewardSpec>,
+    /// Generations to compare against (joined by id, first responses), for the win rate.
+    #[arg(long, value_name = "FILE", requires = "scorer")]
+    against: Option<PathBuf>,
+    /// Bootstrap resamples for the win-rate interval.
+    #[arg(long, default_value_t = DEFAULT_RESAMPLES)]
+    bootstrap_resamples: usize,
+    /// Seed of the bootstrap.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Print one JSON object instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Clone)]
+struct Metrics(Vec<Metric>);
+
+fn parse_metrics(s: &str) -> std::result::Result<Metrics, String> {
+    if s.trim() == "none" {
+        return Ok(Metrics(Vec::new()));
+    }
+    Metric::parse_list(s).map(Metrics)
+}
+
+impl EvalArgs {
+    fn into_config(self) -> EvalConfig {
+        let win_rate = match (reward_spec(self.reward, self.reward_model), self.against) {
+            (Some(reward), Some(against)) => Some(WinRateConfig { reward, against }),
+            _ => None,
+        };
+        EvalConfig {
+            generations: self.generations,
+            metrics: self.metrics.0,
+            responses: match self.response {
+                ResponseArg::First => ResponseSelection::First,
+                ResponseArg::All => ResponseSelection::All,
+            },
+            win_rate,
+            bootstrap: BootstrapConfig {
+                resamples: self.bootstrap_resamples,
+                seed: self.seed,
+                ..BootstrapConfig::default()
+            },
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Verify(args) => {
+            let rt = engine::runtime::Runtime::start(args.ort_lib.as_deref())?;
+            let r = engine::verify::verify_dir(&rt, &args.onnx, &args.probe, args.tolerance)?;
+            eprintln!(
+                "{}: ok, max |Δ| = {:.3e} ≤ {:.0e} over {} values",
+                args.onnx.display(),
+                r.max_abs_diff,
+                r.tolerance,
+                r.compared
+            );
+        }
+        Command::Label(args) => {
+            let summary = engine::label::run(&args.into_config())?;
+            eprintln!("{summary}");
+        }
+        Command::Pair(args) => {
+            let cfg = PairConfig {
+                chosen: args.chosen,
+                rejected: args.rejected,
+                out: args.out,
+                require_repeat: args.require_repeat,
+            };
+            let summary = engine::pair::run(&cfg)?;
+            eprintln!("{summary}");
+        }
+        Command::Eval(args) => {
+            let json = args.json;
+            let report = engine::eval::run(&args.into_config())?;
+            if json {
+                println!("{}", report.to_json());
+            } else {
+                print!("{report}");
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
