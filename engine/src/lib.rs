@@ -3,10 +3,13 @@
 
 pub mod bootstrap;
 pub mod eval;
+pub mod generate;
 pub mod label;
 pub mod metrics;
 pub mod pair;
+pub mod report;
 pub mod reward;
 pub mod runtime;
+pub mod sampling;
 pub mod session;
 pub mod verify;

@@ -29,6 +29,14 @@ enum Command {
     Pair(PairArgs),
     Eval(EvalArgs),
     Verify(VerifyArgs),
+    Generate(engine::generate::cli::GenerateArgs),
+    Merge(engine::generate::cli::MergeArgs),
+    /// Summarise a `scripts/pco` run folder: results.json, results.md and plots/*.png.
+    Report {
+        /// The run folder (e.g. runs/default).
+        #[arg(long)]
+        run: std::path::PathBuf,
+    },
 }
 
 /// Check an exported ONNX folder against the probe training saved beside its checkpoint
@@ -191,8 +199,19 @@ impl EvalArgs {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
+        Command::Generate(args) => {
+            let summary = engine::generate::run(&args.into_config()?)?;
+            eprintln!("{summary}");
+        }
+        Command::Report { run } => {
+            print!("{}", engine::report::run(&run)?);
+        }
+        Command::Merge(args) => {
+            let summary = engine::generate::merge(&args.into_config())?;
+            eprintln!("{summary}");
+        }
         Command::Verify(args) => {
-            let rt = engine::runtime::Runtime::start(args.ort_lib.as_deref())?;
+            let rt = engine::runtime::Runtime::shared(args.ort_lib.as_deref())?;
             let r = engine::verify::verify_dir(&rt, &args.onnx, &args.probe, args.tolerance)?;
             eprintln!(
                 "{}: ok, max |Δ| = {:.3e} ≤ {:.0e} over {} values",
