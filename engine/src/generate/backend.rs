@@ -245,6 +245,8 @@ impl Backend {
         }
         let mut builder = Session::builder(&rt.env)
             .map_err(ort_err("creating a session builder"))?
+            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
+            .map_err(|e| anyhow!("setting the optimization level: {e}"))?
             .with_intra_threads(cfg.threads)
             .map_err(|e| anyhow!("setting {} threads: {e}", cfg.threads))?;
         if let Device::Cuda(id) = cfg.device {

@@ -36,7 +36,10 @@ pub struct Summary {
     pub invalid: usize,
     pub truncated: usize,
     pub new_tokens: u64,
+    /// Wall time of the run, session loading included.
     pub seconds: f64,
+    /// Session loading (the longest of the devices'), excluded from tokens/s.
+    pub load_seconds: f64,
     pub batch_size: usize,
     pub threads: usize,
     pub devices: usize,
@@ -44,7 +47,7 @@ pub struct Summary {
 
 impl Summary {
     pub fn tokens_per_second(&self) -> f64 {
-        self.new_tokens as f64 / self.seconds.max(1e-9)
+        self.new_tokens as f64 / (self.seconds - self.load_seconds).max(1e-9)
     }
 }
 
@@ -52,10 +55,11 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "generated {} prompts, {} new tokens in {:.1}s ({:.1} tokens/s), batch size {}, {} threads, {} device(s)",
+            "generated {} prompts, {} new tokens in {:.1}s + {:.1}s loading ({:.1} tokens/s), batch size {}, {} threads, {} device(s)",
             self.prompts,
             self.new_tokens,
-            self.seconds,
+            self.seconds - self.load_seconds,
+            self.load_seconds,
             self.tokens_per_second(),
             self.batch_size,
             self.threads,
@@ -143,7 +147,7 @@ fn progress_bar(cfg: &GenerateConfig, total: u64) -> indicatif::ProgressBar {
 /// Generate responses for every prompt of `cfg.prompts` into `cfg.out`.
 pub fn run(cfg: &GenerateConfig) -> Result<Summary> {
     cfg.validate()?;
-    let rt = Runtime::start(cfg.ort_lib.as_deref())?;
+    let rt = Runtime::shared(cfg.ort_lib.as_deref())?;
     run_with(&rt, cfg)
 }
 
@@ -234,6 +238,7 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         truncated: counters.truncated.load(Ordering::Relaxed),
         new_tokens: counters.tokens.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
+        load_seconds: counters.load_ms.load(Ordering::Relaxed) as f64 / 1e3,
         batch_size: cfg.batch_size,
         threads: cfg.threads(),
         devices: cfg.devices.len(),

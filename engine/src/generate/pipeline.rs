@@ -34,6 +34,8 @@ pub struct Counters {
     pub truncated: AtomicUsize,
     pub written: AtomicUsize,
     pub tokens: AtomicU64,
+    /// Longest session load of any device (ms), kept apart from generation time.
+    pub load_ms: AtomicU64,
 }
 
 /// Everything the stages read.
@@ -155,6 +157,7 @@ pub fn run_stage(
     tx: Sender<Finished>,
 ) -> Result<()> {
     let cfg = ctx.cfg;
+    let loading = std::time::Instant::now();
     let backend = Backend::load(
         rt,
         &BackendConfig {
@@ -165,6 +168,9 @@ pub fn run_stage(
             max_len: ctx.context,
         },
     )?;
+    ctx.counters
+        .load_ms
+        .fetch_max(loading.elapsed().as_millis() as u64, Ordering::Relaxed);
     let stopper = Stopper::new(
         ctx.tokenizer,
         ctx.eos.clone(),

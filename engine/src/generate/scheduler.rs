@@ -65,7 +65,7 @@ enum Slot {
     Sample {
         prompt: usize,
         sample: usize,
-        rng: ChaCha12Rng,
+        rng: Box<ChaCha12Rng>,
         generated: Vec<TokenId>,
         /// Cached positions; the newest generated token is fed at this position next.
         pos: usize,
@@ -250,7 +250,7 @@ impl<'a> Scheduler<'a> {
     /// its first token from the prefill logits.
     fn start_sample(&mut self, key: usize, sample: usize, slot: usize, len: usize, logits: &[f32]) {
         let id = &self.prompts[&key].job.record.id;
-        let rng = stream_rng(self.cfg.seed, id, sample);
+        let rng = Box::new(stream_rng(self.cfg.seed, id, sample));
         self.slots[slot] = Slot::Sample {
             prompt: key,
             sample,
@@ -298,7 +298,7 @@ impl<'a> Scheduler<'a> {
                 &self.cfg.stopper.eos,
             );
         }
-        let tok = select(&logits, cfg, rng);
+        let tok = select(&logits, cfg, &mut **rng);
         generated.push(tok);
         self.tokens += 1;
         if let Some(finish) = self.cfg.stopper.hit(generated) {
