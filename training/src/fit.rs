@@ -13,8 +13,8 @@ use crate::data::{collate, plan, CollateConfig, Dataset, EncodeConfig, Item, Mic
 use crate::metrics_log::{metrics_line, MetricsLine, MetricsLog, Progress, StepInfo};
 use crate::model::Model;
 use crate::objectives::{
-    lm_loss, reward_loss, seq_terms, CringeInputs, Layout, Normalizers, ObjectiveConfig, StatSums,
-    StepStats,
+    lm_loss, reward_loss, seq_terms_fused, CringeInputs, FusedTerms, HeadInputs, Layout,
+    Normalizers, ObjectiveConfig, StatSums, StepStats,
 };
 use crate::optim::{AdamW, OptimConfig};
 use crate::reference::{self, ReferenceConfig};
@@ -148,32 +148,67 @@ struct LossRunner<'a> {
     autocast: bool,
 }
 
+/// A micro-batch's loss contribution, its statistics, and how to backpropagate it.
+struct MicroLoss {
+    loss: Tensor,
+    sums: StatSums,
+    /// LM objectives: the chunked head computation that owns the gradient path to the model.
+    fused: Option<FusedTerms>,
+}
+
+impl MicroLoss {
+    /// Accumulate this micro-batch's gradient into the parameters' `.grad`.
+    fn backward(self) {
+        match self.fused {
+            Some(f) => f.backward(&self.loss),
+            None => self.loss.backward(),
+        }
+    }
+}
+
 impl LossRunner<'_> {
     /// Loss contribution and statistics of one micro-batch.
-    fn micro(&self, mb: &MicroBatch, norms: &Normalizers) -> Result<(Tensor, StatSums)> {
+    fn micro(&self, mb: &MicroBatch, norms: &Normalizers) -> Result<MicroLoss> {
         tch::autocast(self.autocast, || {
             if self.objective.name.is_reward() {
                 let rewards = self
                     .model
                     .score(&mb.input_ids, &mb.attention_mask)
                     .to_kind(Kind::Float);
-                return reward_loss(&mb.layout, &rewards, norms);
+                let (loss, sums) = reward_loss(&mb.layout, &rewards, norms)?;
+                return Ok(MicroLoss {
+                    loss,
+                    sums,
+                    fused: None,
+                });
             }
-            let logits = self.model.forward(&mb.input_ids, &mb.attention_mask);
+            // Hidden states, not logits: the head runs chunked over response positions only.
+            let hidden = self.model.hidden_states(&mb.input_ids, &mb.attention_mask);
             let cringe = mb.uniforms.as_ref().map(|u| CringeInputs {
                 rows: mb.layout.cringe_rows() as i64,
                 uniforms: u,
                 k: self.objective.cringe_k as i64,
                 detach_positive: self.objective.cringe_detach_positive,
             });
-            let terms = seq_terms(&logits, &mb.input_ids, &mb.response_mask, cringe.as_ref())?;
-            lm_loss(
+            let fused = seq_terms_fused(&HeadInputs {
+                hidden: &hidden,
+                weight: self.model.head_weight(),
+                input_ids: &mb.input_ids,
+                response_mask: &mb.response_mask,
+                cringe: cringe.as_ref(),
+            })?;
+            let (loss, sums) = lm_loss(
                 self.objective,
                 &mb.layout,
-                &terms,
+                &fused.terms,
                 mb.reference.as_ref(),
                 norms,
-            )
+            )?;
+            Ok(MicroLoss {
+                loss,
+                sums,
+                fused: Some(fused),
+            })
         })
     }
 }
@@ -344,7 +379,8 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
         for micro in items.chunks(cfg.micro_batch_size) {
             let mb = collate(micro, &ccfg)?;
             tokens += mb.tokens;
-            let (loss, s) = runner.micro(&mb, &norms)?;
+            let out = runner.micro(&mb, &norms)?;
+            let s = out.sums.clone();
             if !s.loss.is_finite() {
                 bail!(
                     "step {}: the loss is {} — stopping; the last good checkpoint is {}",
@@ -357,7 +393,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
                             .to_string())
                 );
             }
-            loss.backward();
+            out.backward();
             sums.add(&s);
         }
         let grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
@@ -503,8 +539,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     for chunk in order.chunks(cfg.batch_size.max(1)) {
         let items: Vec<(usize, &Item)> = chunk.iter().map(|&i| (i, &ds.items[i])).collect();
         let mb = collate(&items, &ccfg)?;
-        let (_, s) = runner.micro(&mb, &norms)?;
-        sums.add(&s);
+        sums.add(&runner.micro(&mb, &norms)?.sums);
     }
     Ok(sums.means(cfg.objective.name))
 }

@@ -146,6 +146,12 @@ impl Model {
         self.head
     }
 
+    /// The head matrix: `lm_head.weight` (the embedding when tied) `[V, H]` or `score.weight`
+    /// `[1, H]`; `forward` is `hidden_states(..).linear(head_weight())`.
+    pub fn head_weight(&self) -> &Tensor {
+        &self.head_weight
+    }
+
     /// Every parameter in `exports::layout::tensors` order (a tied head is not listed twice).
     pub fn parameters(&self) -> &[Param] {
         &self.params

@@ -9,10 +9,12 @@
 //! gives exactly the loss (and gradient) of one big batch.
 
 mod config;
+mod fused;
 mod stats;
 mod tokens;
 
 pub use config::{Gate, MarginReduction, Objective, ObjectiveConfig};
+pub use fused::{seq_terms_fused, FusedTerms, HeadInputs};
 pub use stats::{StatSums, StepStats};
 pub use tokens::{seq_terms, CringeInputs, SeqTerms};
 
