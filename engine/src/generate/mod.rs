@@ -148,7 +148,7 @@ fn progress_bar(cfg: &GenerateConfig, total: u64) -> indicatif::ProgressBar {
 pub fn run(cfg: &GenerateConfig) -> Result<Summary> {
     cfg.validate()?;
     let rt = Runtime::shared(cfg.ort_lib.as_deref())?;
-    run_with(&rt, cfg)
+    run_with(rt, cfg)
 }
 
 /// [`run`] on an already started runtime (ONNX Runtime allows one environment per process, so a
