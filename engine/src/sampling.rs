@@ -188,7 +188,17 @@ pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize
     if cand.is_empty() {
         return vec![];
     }
-    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
+    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
+    if cfg.top_k > 0 && cfg.top_k < cand.len() {
+        // Partition out the k best (plus ties with the k-th) before sorting: sorting a 50k vocab
+        // every step of every row would cost more than the model's decode step.
+        cand.select_nth_unstable_by(cfg.top_k - 1, order);
+        let kth = cand[cfg.top_k - 1].1;
+        let (mut head, tail): (Vec<_>, Vec<_>) = cand.into_iter().enumerate().partition(|(i, _)| *i < cfg.top_k);
+        head.extend(tail.into_iter().filter(|(_, c)| c.1 >= kth));
+        cand = head.into_iter().map(|(_, c)| c).collect();
+    }
+    cand.sort_by(order);
     if cfg.top_k > 0 && cfg.top_k < cand.len() {
         // HF keeps every token whose score ties the k-th one.
         let kth = cand[cfg.top_k - 1].1;
