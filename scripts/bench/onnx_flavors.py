@@ -3,7 +3,7 @@ steps (KV cache fed back, non-shared buffers, as engine::session does); the fast
 runs (the machine is shared, so the minimum is the least disturbed measurement). Folders are
 visited round-robin so that a slow period does not hit one folder only.
 
-Usage: .venv/bin/python scripts/bench_onnx_flavors.py DIR [DIR ...] [--batch 4 --prompt 64
+Usage: .venv/bin/python scripts/bench/onnx_flavors.py DIR [DIR ...] [--batch 4 --prompt 64
        --steps 32 --threads 2 --repeats 3]
 Also reports max |logits diff| of each folder's prefill against the first folder's (the padding is
 right-sided so every flavor runs the same batch).
