@@ -194,7 +194,10 @@ pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize
         // every step of every row would cost more than the model's decode step.
         cand.select_nth_unstable_by(cfg.top_k - 1, order);
         let kth = cand[cfg.top_k - 1].1;
-        let (mut head, tail): (Vec<_>, Vec<_>) = cand.into_iter().enumerate().partition(|(i, _)| *i < cfg.top_k);
+        let (mut head, tail): (Vec<_>, Vec<_>) = cand
+            .into_iter()
+            .enumerate()
+            .partition(|(i, _)| *i < cfg.top_k);
         head.extend(tail.into_iter().filter(|(_, c)| c.1 >= kth));
         cand = head.into_iter().map(|(_, c)| c).collect();
     }

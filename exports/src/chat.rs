@@ -20,7 +20,9 @@ pub struct ChatTemplate {
 
 impl std::fmt::Debug for ChatTemplate {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ChatTemplate").field("source", &self.source).finish()
+        f.debug_struct("ChatTemplate")
+            .field("source", &self.source)
+            .finish()
     }
 }
 
@@ -43,9 +45,12 @@ impl ChatTemplate {
                 .expect("the default delimiters are valid"),
         );
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
-        env.add_function("raise_exception", |msg: String| -> std::result::Result<String, minijinja::Error> {
-            Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
-        });
+        env.add_function(
+            "raise_exception",
+            |msg: String| -> std::result::Result<String, minijinja::Error> {
+                Err(minijinja::Error::new(ErrorKind::InvalidOperation, msg))
+            },
+        );
         env.add_function("strftime_now", |fmt: String| -> String {
             // Templates use this for "today's date" in system prompts. Rendering must be
             // reproducible, so the date is fixed to the Unix epoch rather than the wall clock.
@@ -67,7 +72,10 @@ impl ChatTemplate {
     }
 
     pub fn render(&self, messages: &[Message], add_generation_prompt: bool) -> Result<String> {
-        let tmpl = self.env.get_template(NAME).expect("added in new(); this is a bug");
+        let tmpl = self
+            .env
+            .get_template(NAME)
+            .expect("added in new(); this is a bug");
         tmpl.render(minijinja::Value::from(minijinja::value::Serde(Context {
             messages,
             add_generation_prompt,
@@ -101,8 +109,13 @@ mod tests {
             out,
             "<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n<|im_start|>user\nHi there<|im_end|>\n<|im_start|>assistant\n"
         );
-        let out = t.render(&[msg("system", "Be brief."), msg("user", "Hi")], false).unwrap();
-        assert_eq!(out, "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n");
+        let out = t
+            .render(&[msg("system", "Be brief."), msg("user", "Hi")], false)
+            .unwrap();
+        assert_eq!(
+            out,
+            "<|im_start|>system\nBe brief.<|im_end|>\n<|im_start|>user\nHi<|im_end|>\n"
+        );
     }
 
     #[test]
@@ -110,7 +123,9 @@ mod tests {
         // trim_blocks removes the newline after a block tag; lstrip_blocks the indentation before it.
         let src = "{{ bos_token }}\n{% for m in messages %}\n  {% if m.role == 'user' %}\n[{{ m.content.strip() | upper }}]\n  {% endif %}\n{% endfor %}{{ eos_token }}";
         let t = ChatTemplate::new(src, "<s>", "</s>").unwrap();
-        let out = t.render(&[msg("user", "  hello "), msg("assistant", "x")], false).unwrap();
+        let out = t
+            .render(&[msg("user", "  hello "), msg("assistant", "x")], false)
+            .unwrap();
         assert_eq!(out, "<s>\n[HELLO]\n</s>");
     }
 
@@ -119,7 +134,10 @@ mod tests {
         let src = "{% if messages[0]['role'] != 'user' %}{{ raise_exception('Conversation must start with user') }}{% endif %}ok";
         let t = ChatTemplate::new(src, "", "").unwrap();
         assert_eq!(t.render(&[msg("user", "a")], true).unwrap(), "ok");
-        let e = t.render(&[msg("assistant", "a")], true).unwrap_err().to_string();
+        let e = t
+            .render(&[msg("assistant", "a")], true)
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("Conversation must start with user"), "{e}");
     }
 

@@ -293,20 +293,21 @@ impl ModelConfig {
             message: "expected a JSON object".into(),
         })?;
         let f = Fields { path, map };
-        let model_type =
-            match f.str_opt("model_type")? {
-                Some("llama") => ModelType::Llama,
-                Some("mistral") => ModelType::Mistral,
-                Some("qwen2") => ModelType::Qwen2,
-                Some("gpt2") => ModelType::Gpt2,
-                Some(other) => return Err(f.err(
+        let model_type = match f.str_opt("model_type")? {
+            Some("llama") => ModelType::Llama,
+            Some("mistral") => ModelType::Mistral,
+            Some("qwen2") => ModelType::Qwen2,
+            Some("gpt2") => ModelType::Gpt2,
+            Some(other) => {
+                return Err(f.err(
                     "model_type",
                     format!(
                         "unsupported model type `{other}` (expected llama, mistral, qwen2 or gpt2)"
                     ),
-                )),
-                None => return Err(f.err("model_type", "required field is missing")),
-            };
+                ))
+            }
+            None => return Err(f.err("model_type", "required field is missing")),
+        };
         let known: &[&str] = if model_type.is_llama_family() {
             LLAMA_KEYS
         } else {

@@ -53,12 +53,33 @@ impl InitConfig {
 /// The tiny tokenizer: 3 ChatML specials, the 256 byte symbols, and a few English merges.
 pub fn tiny_tokenizer() -> ByteLevelBpe {
     let bytes = bytes_to_unicode();
-    let mut vocab: Vec<String> = vec!["<|endoftext|>".into(), "<|im_start|>".into(), "<|im_end|>".into()];
+    let mut vocab: Vec<String> = vec![
+        "<|endoftext|>".into(),
+        "<|im_start|>".into(),
+        "<|im_end|>".into(),
+    ];
     vocab.extend(bytes.iter().map(|c| c.to_string()));
     let merges_src = [
-        ("Ġ", "t"), ("h", "e"), ("Ġt", "he"), ("i", "n"), ("Ġ", "a"), ("e", "r"), ("o", "n"), ("r", "e"),
-        ("a", "t"), ("Ġ", "s"), ("e", "n"), ("n", "d"), ("Ġ", "w"), ("o", "r"), ("Ġ", "o"), ("i", "s"),
-        ("Ġa", "nd"), ("Ġ", "c"), ("e", "s"), ("i", "t"),
+        ("Ġ", "t"),
+        ("h", "e"),
+        ("Ġt", "he"),
+        ("i", "n"),
+        ("Ġ", "a"),
+        ("e", "r"),
+        ("o", "n"),
+        ("r", "e"),
+        ("a", "t"),
+        ("Ġ", "s"),
+        ("e", "n"),
+        ("n", "d"),
+        ("Ġ", "w"),
+        ("o", "r"),
+        ("Ġ", "o"),
+        ("i", "s"),
+        ("Ġa", "nd"),
+        ("Ġ", "c"),
+        ("e", "s"),
+        ("i", "t"),
     ];
     let mut merges = Vec::new();
     for (a, b) in merges_src {
@@ -93,7 +114,11 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
         qkv_bias: is_gpt2 || cfg.model_type == ModelType::Qwen2 || cfg.attention_bias,
         o_bias: is_gpt2 || (cfg.model_type != ModelType::Qwen2 && cfg.attention_bias),
         tie_word_embeddings: cfg.tied,
-        activation: if is_gpt2 { Activation::GeluNew } else { Activation::Silu },
+        activation: if is_gpt2 {
+            Activation::GeluNew
+        } else {
+            Activation::Silu
+        },
         bos_token_id: Some(1),
         eos_token_ids: vec![2],
         pad_token_id: Some(2),

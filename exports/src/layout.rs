@@ -42,53 +42,147 @@ pub fn tensors(cfg: &ModelConfig, head: Head) -> Vec<TensorSpec> {
         let q = cfg.num_attention_heads * cfg.head_dim;
         let kv = cfg.num_key_value_heads * cfg.head_dim;
         let i = cfg.intermediate_size;
-        out.push(spec("model.embed_tokens.weight".into(), vec![v, h], Role::Matrix));
+        out.push(spec(
+            "model.embed_tokens.weight".into(),
+            vec![v, h],
+            Role::Matrix,
+        ));
         for l in 0..cfg.num_hidden_layers {
             let p = format!("model.layers.{l}");
-            out.push(spec(format!("{p}.input_layernorm.weight"), vec![h], Role::NormWeight));
-            out.push(spec(format!("{p}.self_attn.q_proj.weight"), vec![q, h], Role::Matrix));
-            out.push(spec(format!("{p}.self_attn.k_proj.weight"), vec![kv, h], Role::Matrix));
-            out.push(spec(format!("{p}.self_attn.v_proj.weight"), vec![kv, h], Role::Matrix));
+            out.push(spec(
+                format!("{p}.input_layernorm.weight"),
+                vec![h],
+                Role::NormWeight,
+            ));
+            out.push(spec(
+                format!("{p}.self_attn.q_proj.weight"),
+                vec![q, h],
+                Role::Matrix,
+            ));
+            out.push(spec(
+                format!("{p}.self_attn.k_proj.weight"),
+                vec![kv, h],
+                Role::Matrix,
+            ));
+            out.push(spec(
+                format!("{p}.self_attn.v_proj.weight"),
+                vec![kv, h],
+                Role::Matrix,
+            ));
             if cfg.qkv_bias {
-                out.push(spec(format!("{p}.self_attn.q_proj.bias"), vec![q], Role::Bias));
-                out.push(spec(format!("{p}.self_attn.k_proj.bias"), vec![kv], Role::Bias));
-                out.push(spec(format!("{p}.self_attn.v_proj.bias"), vec![kv], Role::Bias));
+                out.push(spec(
+                    format!("{p}.self_attn.q_proj.bias"),
+                    vec![q],
+                    Role::Bias,
+                ));
+                out.push(spec(
+                    format!("{p}.self_attn.k_proj.bias"),
+                    vec![kv],
+                    Role::Bias,
+                ));
+                out.push(spec(
+                    format!("{p}.self_attn.v_proj.bias"),
+                    vec![kv],
+                    Role::Bias,
+                ));
             }
-            out.push(spec(format!("{p}.self_attn.o_proj.weight"), vec![h, q], Role::Matrix));
+            out.push(spec(
+                format!("{p}.self_attn.o_proj.weight"),
+                vec![h, q],
+                Role::Matrix,
+            ));
             if cfg.o_bias {
-                out.push(spec(format!("{p}.self_attn.o_proj.bias"), vec![h], Role::Bias));
+                out.push(spec(
+                    format!("{p}.self_attn.o_proj.bias"),
+                    vec![h],
+                    Role::Bias,
+                ));
             }
-            out.push(spec(format!("{p}.post_attention_layernorm.weight"), vec![h], Role::NormWeight));
-            out.push(spec(format!("{p}.mlp.gate_proj.weight"), vec![i, h], Role::Matrix));
-            out.push(spec(format!("{p}.mlp.up_proj.weight"), vec![i, h], Role::Matrix));
-            out.push(spec(format!("{p}.mlp.down_proj.weight"), vec![h, i], Role::Matrix));
+            out.push(spec(
+                format!("{p}.post_attention_layernorm.weight"),
+                vec![h],
+                Role::NormWeight,
+            ));
+            out.push(spec(
+                format!("{p}.mlp.gate_proj.weight"),
+                vec![i, h],
+                Role::Matrix,
+            ));
+            out.push(spec(
+                format!("{p}.mlp.up_proj.weight"),
+                vec![i, h],
+                Role::Matrix,
+            ));
+            out.push(spec(
+                format!("{p}.mlp.down_proj.weight"),
+                vec![h, i],
+                Role::Matrix,
+            ));
         }
         out.push(spec("model.norm.weight".into(), vec![h], Role::NormWeight));
     } else {
         let i = cfg.intermediate_size;
-        out.push(spec("transformer.wte.weight".into(), vec![v, h], Role::Matrix));
-        out.push(spec("transformer.wpe.weight".into(), vec![cfg.max_position_embeddings, h], Role::Matrix));
+        out.push(spec(
+            "transformer.wte.weight".into(),
+            vec![v, h],
+            Role::Matrix,
+        ));
+        out.push(spec(
+            "transformer.wpe.weight".into(),
+            vec![cfg.max_position_embeddings, h],
+            Role::Matrix,
+        ));
         for l in 0..cfg.num_hidden_layers {
             let p = format!("transformer.h.{l}");
             out.push(spec(format!("{p}.ln_1.weight"), vec![h], Role::NormWeight));
             out.push(spec(format!("{p}.ln_1.bias"), vec![h], Role::NormBias));
             // GPT-2 uses Conv1D: weights are stored [in, out].
-            out.push(spec(format!("{p}.attn.c_attn.weight"), vec![h, 3 * h], Role::Matrix));
-            out.push(spec(format!("{p}.attn.c_attn.bias"), vec![3 * h], Role::Bias));
-            out.push(spec(format!("{p}.attn.c_proj.weight"), vec![h, h], Role::Matrix));
+            out.push(spec(
+                format!("{p}.attn.c_attn.weight"),
+                vec![h, 3 * h],
+                Role::Matrix,
+            ));
+            out.push(spec(
+                format!("{p}.attn.c_attn.bias"),
+                vec![3 * h],
+                Role::Bias,
+            ));
+            out.push(spec(
+                format!("{p}.attn.c_proj.weight"),
+                vec![h, h],
+                Role::Matrix,
+            ));
             out.push(spec(format!("{p}.attn.c_proj.bias"), vec![h], Role::Bias));
             out.push(spec(format!("{p}.ln_2.weight"), vec![h], Role::NormWeight));
             out.push(spec(format!("{p}.ln_2.bias"), vec![h], Role::NormBias));
-            out.push(spec(format!("{p}.mlp.c_fc.weight"), vec![h, i], Role::Matrix));
+            out.push(spec(
+                format!("{p}.mlp.c_fc.weight"),
+                vec![h, i],
+                Role::Matrix,
+            ));
             out.push(spec(format!("{p}.mlp.c_fc.bias"), vec![i], Role::Bias));
-            out.push(spec(format!("{p}.mlp.c_proj.weight"), vec![i, h], Role::Matrix));
+            out.push(spec(
+                format!("{p}.mlp.c_proj.weight"),
+                vec![i, h],
+                Role::Matrix,
+            ));
             out.push(spec(format!("{p}.mlp.c_proj.bias"), vec![h], Role::Bias));
         }
-        out.push(spec("transformer.ln_f.weight".into(), vec![h], Role::NormWeight));
-        out.push(spec("transformer.ln_f.bias".into(), vec![h], Role::NormBias));
+        out.push(spec(
+            "transformer.ln_f.weight".into(),
+            vec![h],
+            Role::NormWeight,
+        ));
+        out.push(spec(
+            "transformer.ln_f.bias".into(),
+            vec![h],
+            Role::NormBias,
+        ));
     }
     match head {
-        Head::Lm if !cfg.tie_word_embeddings => out.push(spec("lm_head.weight".into(), vec![v, h], Role::Matrix)),
+        Head::Lm if !cfg.tie_word_embeddings => {
+            out.push(spec("lm_head.weight".into(), vec![v, h], Role::Matrix))
+        }
         Head::Lm => {}
         Head::Reward => out.push(spec("score.weight".into(), vec![1, h], Role::Matrix)),
     }

@@ -9,7 +9,11 @@ use exports::init::{init, InitConfig};
 use exports::{Head, ModelType};
 
 #[derive(Parser)]
-#[command(name = "exports", version, about = "Model and data formats for the PCO pipeline")]
+#[command(
+    name = "exports",
+    version,
+    about = "Model and data formats for the PCO pipeline"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -241,7 +245,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             );
         }
         Command::Dataset(DatasetCommand::Continuation(a)) => {
-            use exports::dataset::{build_continuation, parse_split_values, ContinuationConfig, SPLITS};
+            use exports::dataset::{
+                build_continuation, parse_split_values, ContinuationConfig, SPLITS,
+            };
             let mut cfg = ContinuationConfig::new(&a.text_dir, &a.out);
             cfg.context_sentences = a.context_sentences;
             let split: [Option<f64>; 3] = parse_split_values(&a.split, "--split")?;
