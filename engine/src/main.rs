@@ -212,7 +212,7 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify(args) => {
             let rt = engine::runtime::Runtime::shared(args.ort_lib.as_deref())?;
-            let r = engine::verify::verify_dir(&rt, &args.onnx, &args.probe, args.tolerance)?;
+            let r = engine::verify::verify_dir(rt, &args.onnx, &args.probe, args.tolerance)?;
             eprintln!(
                 "{}: ok, max |Δ| = {:.3e} ≤ {:.0e} over {} values",
                 args.onnx.display(),

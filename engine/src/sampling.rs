@@ -55,7 +55,7 @@ impl Default for SamplingConfig {
 
 impl SamplingConfig {
     pub fn validate(&self) -> Result<(), String> {
-        if !(self.temperature > 0.0) {
+        if self.temperature.is_nan() || self.temperature <= 0.0 {
             return Err(format!(
                 "--temperature must be > 0, got {}",
                 self.temperature
@@ -67,7 +67,7 @@ impl SamplingConfig {
         if !(0.0..=1.0).contains(&self.min_p) {
             return Err(format!("--min-p must be in [0, 1], got {}", self.min_p));
         }
-        if !(self.repetition_penalty > 0.0) {
+        if self.repetition_penalty.is_nan() || self.repetition_penalty <= 0.0 {
             return Err(format!(
                 "--repetition-penalty must be > 0, got {}",
                 self.repetition_penalty

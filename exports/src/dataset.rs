@@ -168,7 +168,7 @@ pub fn build_continuation(cfg: &ContinuationConfig) -> Result<DatasetSummary> {
         ));
     }
     let total: f64 = cfg.split.iter().sum();
-    if !(total > 0.0) || cfg.split.iter().any(|f| *f < 0.0) {
+    if total.is_nan() || total <= 0.0 || cfg.split.iter().any(|f| *f < 0.0) {
         return Err(Error::Invalid(format!(
             "--split fractions must be non-negative and not all 0, got {:?}",
             cfg.split

@@ -259,13 +259,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             cfg.min_sentence_chars = a.min_sentence_chars;
             cfg.max_sentence_chars = a.max_sentence_chars;
             let s = build_continuation(&cfg)?;
-            for i in 0..3 {
+            for (i, split) in SPLITS.iter().enumerate() {
                 println!(
                     "{:<10} {:>5} documents {:>7} examples -> {}",
-                    SPLITS[i],
+                    split,
                     s.documents[i],
                     s.examples[i],
-                    a.out.join(format!("{}.jsonl", SPLITS[i])).display()
+                    a.out.join(format!("{split}.jsonl")).display()
                 );
             }
         }

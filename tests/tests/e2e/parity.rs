@@ -129,11 +129,7 @@ fn smollm2_onnx_logits_equal_tch_logits_in_both_flavors() {
     let mut ids = Vec::new();
     let mut mask = Vec::new();
     for r in &rows {
-        ids.extend(
-            r.iter()
-                .copied()
-                .chain(std::iter::repeat(2).take(t - r.len())),
-        );
+        ids.extend(r.iter().copied().chain(std::iter::repeat_n(2, t - r.len())));
         mask.extend((0..t).map(|i| (i < r.len()) as i64));
     }
     let want = tch_logits(&hf, &ids, &mask, b, t);
