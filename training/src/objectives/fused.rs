@@ -17,7 +17,7 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::tokens::{CringeInputs, SeqTerms};
+use super::tokens::{draw_positive, CringeInputs, SeqTerms};
 
 /// Positions per head chunk: `[CHUNK, V]` fp32 is 64 MiB at V = 65536 and keeps the head's
 /// matrix products large enough to run at full speed.
@@ -213,33 +213,6 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             leaf_plus,
         },
     })
-}
-
-/// The cringe positive of each position of `[M, V]` logits (LOSSES.md steps 2–4, as
-/// `tokens::cringe_tokens` draws it): its logit `[M]` and vocabulary id `[M]`.
-fn draw_positive(logits: &Tensor, targets: &Tensor, uniforms: &Tensor, k: i64) -> (Tensor, Tensor) {
-    let device = logits.device();
-    let (top_vals, top_idx) = logits.topk(k + 1, -1, true, true);
-    // Drop y_t if it is among the top k+1, otherwise the (k+1)-th: exactly k candidates remain.
-    let is_target = top_idx.eq_tensor(&targets.unsqueeze(-1));
-    let has_target = is_target.any_dim(-1, true);
-    let drop_at = is_target
-        .to_kind(Kind::Int64)
-        .argmax(-1, true)
-        .where_self(&has_target, &Tensor::full([1], k, (Kind::Int64, device)));
-    let slots = Tensor::arange(k, (Kind::Int64, device));
-    let keep = &slots + slots.ge_tensor(&drop_at).to_kind(Kind::Int64);
-    let cand = top_vals.gather(-1, &keep, false);
-    let cdf = cand.softmax(-1, Kind::Float).cumsum(-1, Kind::Float);
-    let j = cdf
-        .lt_tensor(&uniforms.unsqueeze(-1))
-        .sum_dim_intlist([-1i64].as_slice(), true, Kind::Int64)
-        .clamp_max(k - 1);
-    let value = cand.gather(-1, &j, false).squeeze_dim(-1);
-    let id = top_idx
-        .gather(-1, &keep.gather(-1, &j, false), false)
-        .squeeze_dim(-1);
-    (value, id)
 }
 
 fn grad_or_zeros(t: &Tensor) -> Tensor {

@@ -98,10 +98,25 @@ pub fn seq_terms(
 
 /// `cr_t = softplus(s-_t - s+_t)` for every position of `[N, L, V]` logits (unmasked).
 fn cringe_tokens(logits: &Tensor, targets: &Tensor, s_minus: &Tensor, c: &CringeInputs) -> Tensor {
-    let k = c.k;
+    let (mut s_plus, _) = draw_positive(logits, targets, c.uniforms, c.k);
+    if c.detach_positive {
+        s_plus = s_plus.detach();
+    }
+    (s_minus - s_plus).softplus()
+}
+
+/// The cringe positive of each position (LOSSES.md steps 2–4): take the top `k+1` logits, drop
+/// `y_t` if it is among them (otherwise the `(k+1)`-th) so exactly `k` candidates remain, and draw
+/// one from their softmax by inverse CDF with `uniforms`. Returns its logit (f32, with gradient
+/// into `logits`; the draw itself carries none) and its vocabulary id, both shaped like `targets`.
+pub(crate) fn draw_positive(
+    logits: &Tensor,
+    targets: &Tensor,
+    uniforms: &Tensor,
+    k: i64,
+) -> (Tensor, Tensor) {
     let device = logits.device();
     let (top_vals, top_idx) = logits.topk(k + 1, -1, true, true);
-    // Drop y_t if it is among the top k+1, otherwise the (k+1)-th: exactly k candidates remain.
     let is_target = top_idx.eq_tensor(&targets.unsqueeze(-1));
     let has_target = is_target.any_dim(-1, true);
     let drop_at = is_target
@@ -111,18 +126,17 @@ fn cringe_tokens(logits: &Tensor, targets: &Tensor, s_minus: &Tensor, c: &Cringe
     let slots = Tensor::arange(k, (Kind::Int64, device));
     let keep = &slots + slots.ge_tensor(&drop_at).to_kind(Kind::Int64);
     let cand = top_vals.gather(-1, &keep, false).to_kind(Kind::Float);
-    // Inverse-CDF draw from softmax over the candidates; the draw itself carries no gradient.
     let cdf = cand
         .detach()
         .softmax(-1, Kind::Float)
         .cumsum(-1, Kind::Float);
     let j = cdf
-        .lt_tensor(&c.uniforms.to_kind(Kind::Float).unsqueeze(-1))
+        .lt_tensor(&uniforms.to_kind(Kind::Float).unsqueeze(-1))
         .sum_dim_intlist([-1i64].as_slice(), true, Kind::Int64)
         .clamp_max(k - 1);
-    let mut s_plus = cand.gather(-1, &j, false).squeeze_dim(-1);
-    if c.detach_positive {
-        s_plus = s_plus.detach();
-    }
-    (s_minus - s_plus).softplus()
+    let value = cand.gather(-1, &j, false).squeeze_dim(-1);
+    let id = top_idx
+        .gather(-1, &keep.gather(-1, &j, false), false)
+        .squeeze_dim(-1);
+    (value, id)
 }
