@@ -5,6 +5,7 @@
 
 pub mod chat;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod dataset;
 pub mod error;
