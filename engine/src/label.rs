@@ -15,7 +15,7 @@
 //! chosen and rejected are the same text, or when it has fewer than two responses.
 
 use std::fmt;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::str::FromStr;
 use std::time::Instant;
 
@@ -78,8 +78,11 @@ impl Scorer for RepetitionScorer {
 /// Which reward to label with: `repetition[:N]` (N defaults to 3) or a reward-model folder.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum RewardSpec {
-    Repetition { n: usize },
-    Model { dir: PathBuf },
+    Repetition {
+        n: usize,
+    },
+    /// An exported reward model, with its batch size, threads and runtime library.
+    Model(crate::reward::RewardModelConfig),
 }
 
 impl FromStr for RewardSpec {
@@ -110,16 +113,15 @@ impl RewardSpec {
     pub fn open(&self) -> Result<Box<dyn Scorer>> {
         match self {
             RewardSpec::Repetition { n } => Ok(Box::new(RepetitionScorer { n: *n })),
-            RewardSpec::Model { dir } => open_reward_model(dir),
+            RewardSpec::Model(cfg) => open_reward_model(cfg),
         }
     }
 }
 
-/// Load an exported reward model with the default batch size and session options.
-fn open_reward_model(dir: &Path) -> Result<Box<dyn Scorer>> {
-    let scorer =
-        crate::reward::RewardModelScorer::open(&crate::reward::RewardModelConfig::new(dir))
-            .with_context(|| format!("--reward-model {}", dir.display()))?;
+/// Load an exported reward model.
+fn open_reward_model(cfg: &crate::reward::RewardModelConfig) -> Result<Box<dyn Scorer>> {
+    let scorer = crate::reward::RewardModelScorer::open(cfg)
+        .with_context(|| format!("--reward-model {}", cfg.dir.display()))?;
     Ok(Box::new(scorer))
 }
 

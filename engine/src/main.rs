@@ -11,6 +11,8 @@ use engine::bootstrap::{BootstrapConfig, DEFAULT_RESAMPLES};
 use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
 use engine::label::{LabelConfig, RewardSpec};
 use engine::pair::PairConfig;
+use engine::reward::RewardModelConfig;
+use engine::session::SessionOptions;
 
 #[derive(Parser)]
 #[command(
@@ -77,9 +79,8 @@ struct LabelArgs {
     /// Programmatic reward: `repetition[:N]` = −Repeat@N(response | prompt), N defaults to 3.
     #[arg(long, value_name = "SPEC")]
     reward: Option<RewardSpec>,
-    /// Reward-model folder (ONNX) to score with instead.
-    #[arg(long, value_name = "DIR")]
-    reward_model: Option<PathBuf>,
+    #[command(flatten)]
+    model: RewardModelArgs,
     /// Smallest chosen − rejected reward gap that makes a pair.
     #[arg(long, default_value_t = 0.0, value_name = "X")]
     min_gap: f64,
@@ -93,15 +94,42 @@ impl LabelArgs {
         LabelConfig {
             generations: self.generations,
             out: self.out,
-            reward: reward_spec(self.reward, self.reward_model).expect("clap requires one scorer"),
+            reward: reward_spec(self.reward, self.model).expect("clap requires one scorer"),
             min_gap: self.min_gap,
             scores_out: self.scores_out,
         }
     }
 }
 
-fn reward_spec(reward: Option<RewardSpec>, model: Option<PathBuf>) -> Option<RewardSpec> {
-    reward.or(model.map(|dir| RewardSpec::Model { dir }))
+/// The reward-model scorer's flags, shared by `label` and `eval`.
+#[derive(Args)]
+struct RewardModelArgs {
+    /// Reward-model folder (ONNX, `exports onnx --head reward`) to score with.
+    #[arg(long, value_name = "DIR")]
+    reward_model: Option<PathBuf>,
+    /// Sequences per reward-model forward pass.
+    #[arg(long, default_value_t = 16, value_name = "N")]
+    batch_size: usize,
+    /// Intra-op threads of the reward model (0: ONNX Runtime's choice, one per core).
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    threads: usize,
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
+fn reward_spec(reward: Option<RewardSpec>, model: RewardModelArgs) -> Option<RewardSpec> {
+    reward.or(model.reward_model.map(|dir| {
+        RewardSpec::Model(RewardModelConfig {
+            batch_size: model.batch_size,
+            session: SessionOptions {
+                threads: model.threads,
+                ..SessionOptions::default()
+            },
+            ort_lib: model.ort_lib,
+            ..RewardModelConfig::new(dir)
+        })
+    }))
 }
 
 /// Join two generation files by prompt id into pairs (chosen = first response of --chosen,
@@ -144,9 +172,9 @@ struct EvalArgs {
     /// Evaluate the first response of each record, or all of them.
     #[arg(long, value_enum, default_value = "first")]
     response: ResponseArg,
-    /// Reward-model folder (ONNX) that scores both sides for the win rate.
-    #[arg(long, value_name = "DIR")]
-    reward_model: Option<PathBuf>,
+    /// The reward model that scores both sides for the win rate.
+    #[command(flatten)]
+    model: RewardModelArgs,
     /// Programmatic reward for the win rate instead of a model, e.g. `repetition:3`.
     #[arg(long, value_name = "SPEC")]
     reward: Option<RewardSpec>,
@@ -176,7 +204,7 @@ fn parse_metrics(s: &str) -> std::result::Result<Metrics, String> {
 
 impl EvalArgs {
     fn into_config(self) -> EvalConfig {
-        let win_rate = match (reward_spec(self.reward, self.reward_model), self.against) {
+        let win_rate = match (reward_spec(self.reward, self.model), self.against) {
             (Some(reward), Some(against)) => Some(WinRateConfig { reward, against }),
             _ => None,
         };

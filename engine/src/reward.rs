@@ -20,7 +20,7 @@ use crate::runtime::Runtime;
 use crate::session::{DecoderSession, HeadOutput, SessionOptions};
 
 /// Settings of a reward-model scorer.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RewardModelConfig {
     /// Exported folder: `model.onnx`, `config.json`, `tokenizer.json`, `tokenizer_config.json`.
     pub dir: PathBuf,

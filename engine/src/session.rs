@@ -24,7 +24,7 @@ use crate::runtime::Runtime;
 pub const MODEL_FILE: &str = "model.onnx";
 
 /// How to build the session.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
     /// Intra-op threads; 0 lets ONNX Runtime choose.
     pub threads: usize,

@@ -117,21 +117,32 @@ fn label_and_win_rate_use_the_reward_model() {
     let (_, r1, s1) = &items[1];
     let gens = tmp.path().join("gens.jsonl");
     write(&gens, &[gen_line("x", p, &[r0, r1])]);
-    let cfg = LabelConfig {
-        generations: gens.clone(),
-        out: tmp.path().join("pairs.jsonl"),
-        reward: RewardSpec::Model { dir: dir.clone() },
-        min_gap: 0.0,
-        scores_out: None,
+    // The default scorer, and one row per pass on one thread (`--batch-size 1 --threads 1`).
+    let one_by_one = RewardModelConfig {
+        batch_size: 1,
+        session: engine::session::SessionOptions {
+            threads: 1,
+            ..Default::default()
+        },
+        ..RewardModelConfig::new(dir.clone())
     };
-    let summary = engine::label::run(&cfg).unwrap();
-    assert_eq!(summary.pairs, 1);
-    assert!(summary.tokens.unwrap() > 0);
-    let pair = &read_jsonl::<PairRecord>(&cfg.out).unwrap()[0];
-    let (chosen, rejected) = if s0 > s1 { (r0, r1) } else { (r1, r0) };
-    assert_eq!((&pair.chosen, &pair.rejected), (chosen, rejected));
-    assert!((pair.chosen_reward.unwrap() - s0.max(*s1)).abs() < TOL);
-    assert!((pair.rejected_reward.unwrap() - s0.min(*s1)).abs() < TOL);
+    for scorer in [RewardModelConfig::new(dir.clone()), one_by_one] {
+        let cfg = LabelConfig {
+            generations: gens.clone(),
+            out: tmp.path().join("pairs.jsonl"),
+            reward: RewardSpec::Model(scorer),
+            min_gap: 0.0,
+            scores_out: None,
+        };
+        let summary = engine::label::run(&cfg).unwrap();
+        assert_eq!(summary.pairs, 1);
+        assert!(summary.tokens.unwrap() > 0);
+        let pair = &read_jsonl::<PairRecord>(&cfg.out).unwrap()[0];
+        let (chosen, rejected) = if s0 > s1 { (r0, r1) } else { (r1, r0) };
+        assert_eq!((&pair.chosen, &pair.rejected), (chosen, rejected));
+        assert!((pair.chosen_reward.unwrap() - s0.max(*s1)).abs() < TOL);
+        assert!((pair.rejected_reward.unwrap() - s0.min(*s1)).abs() < TOL);
+    }
 
     // Candidate response 1 against response 0 of the same prompt.
     let cand = tmp.path().join("cand.jsonl");
@@ -143,7 +154,7 @@ fn label_and_win_rate_use_the_reward_model() {
         metrics: Vec::new(),
         responses: ResponseSelection::First,
         win_rate: Some(WinRateConfig {
-            reward: RewardSpec::Model { dir },
+            reward: RewardSpec::Model(RewardModelConfig::new(dir)),
             against: base,
         }),
         bootstrap: BootstrapConfig::default(),

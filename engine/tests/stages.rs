@@ -8,6 +8,7 @@ use engine::bootstrap::BootstrapConfig;
 use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
 use engine::label::{LabelConfig, LabelSummary, RewardSpec};
 use engine::pair::{PairConfig, PairSummary};
+use engine::reward::RewardModelConfig;
 use exports::records::{read_jsonl, PairRecord, Prompt};
 use serde_json::{json, Value};
 
@@ -433,9 +434,7 @@ fn reward_model_scoring_reports_what_is_missing() {
     let cfg = LabelConfig {
         generations: label_inputs(dir.path()),
         out: dir.path().join("pairs.jsonl"),
-        reward: RewardSpec::Model {
-            dir: dir.path().join("no-such-model"),
-        },
+        reward: RewardSpec::Model(RewardModelConfig::new(dir.path().join("no-such-model"))),
         min_gap: 0.0,
         scores_out: None,
     };
