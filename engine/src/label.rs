@@ -294,6 +294,8 @@ impl Labeler<'_> {
                 chosen_reward: Some(rewards[chosen]),
                 rejected_reward: Some(rewards[rejected]),
                 source: Some(self.source.clone()),
+                chosen_finish_reason: Some(record.responses[chosen].finish_reason),
+                rejected_finish_reason: Some(record.responses[rejected].finish_reason),
             }),
             Selection::TooFewResponses => self.summary.too_few_responses += 1,
             Selection::AllTied => self.summary.all_tied += 1,

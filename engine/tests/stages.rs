@@ -9,7 +9,7 @@ use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
 use engine::label::{LabelConfig, LabelSummary, RewardSpec};
 use engine::pair::{PairConfig, PairSummary};
 use engine::reward::RewardModelConfig;
-use exports::records::{read_jsonl, PairRecord, Prompt};
+use exports::records::{read_jsonl, FinishReason, PairRecord, Prompt};
 use serde_json::{json, Value};
 
 /// A generation record line with a text prompt.
@@ -128,6 +128,15 @@ fn label_keeps_best_and_worst_with_the_documented_tie_rules() {
         .iter()
         .all(|p| p.source.as_deref() == Some("repetition:2")));
     assert!(matches!(&pairs[2].prompt, Prompt::Messages(m) if m.len() == 2));
+    // Each side keeps its response's finish reason (r5's chosen was cut by the token limit).
+    assert_eq!(
+        (
+            pairs[2].chosen_finish_reason,
+            pairs[2].rejected_finish_reason
+        ),
+        (Some(FinishReason::Length), Some(FinishReason::Eos))
+    );
+    assert_eq!(pairs[0].chosen_finish_reason, Some(FinishReason::Eos));
     assert_eq!(
         (summary.prompts, summary.responses, summary.pairs),
         (6, 13, 4)
@@ -211,12 +220,17 @@ fn pair_files(dir: &Path) -> (PathBuf, PathBuf) {
             gen("e", "elsewhere", None, &["y"]),
             gen("c", "x", None, &["no repeats here"]),
             // Trigrams: [we will build] is in the context, the other four are new → Repeat@3 = 1.
-            gen(
-                "a",
-                "we will build",
-                None,
-                &["we will build a wall we will"],
-            ),
+            // Cut by the token limit: the pair must say so.
+            {
+                let mut v = gen(
+                    "a",
+                    "we will build",
+                    None,
+                    &["we will build a wall we will"],
+                );
+                v["responses"][0]["finish_reason"] = json!("length");
+                v
+            },
         ],
     );
     (chosen, rejected)
@@ -258,6 +272,8 @@ fn pair_joins_by_id_in_any_order_and_requires_a_repeat() {
             chosen_reward: Some(0.0),
             rejected_reward: Some(-1.0),
             source: Some("pair:repeat@3".into()),
+            chosen_finish_reason: Some(FinishReason::Eos),
+            rejected_finish_reason: Some(FinishReason::Length),
         }]
     );
 

@@ -134,6 +134,13 @@ pub struct PairRecord {
     pub rejected_reward: Option<f64>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub source: Option<String>,
+    /// Why each response ended, when it came from `engine generate` (an extension of the
+    /// TRL convention). `length` means the text was cut by the token limit: LM objectives then
+    /// train it without the closing EOS, since the response did not end there.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub chosen_finish_reason: Option<FinishReason>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rejected_finish_reason: Option<FinishReason>,
 }
 
 impl Record for PairRecord {
@@ -157,6 +164,9 @@ pub struct BinaryRecord {
     pub prompt: Prompt,
     pub response: String,
     pub label: bool,
+    /// As in [`PairRecord`]: `length` = cut by the token limit, trained without the closing EOS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finish_reason: Option<FinishReason>,
 }
 
 impl Record for BinaryRecord {
@@ -218,6 +228,14 @@ pub enum FinishReason {
     Stop,
     /// `--max-new-tokens` was reached.
     Length,
+}
+
+impl FinishReason {
+    /// Whether the response really ended (DATA.md's closing EOS belongs to it): false only
+    /// for text cut by the token limit. Records without a reason count as ended.
+    pub fn ended(reason: Option<FinishReason>) -> bool {
+        reason != Some(FinishReason::Length)
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,7 +41,8 @@ pub fn ids_to_i64(ids: &[TokenId]) -> Vec<i64> {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Example {
     pub ids: Vec<TokenId>,
-    /// Index of the first response token; `ids[response_start..]` is `ids(response) ++ [eos]`.
+    /// Index of the first response token; `ids[response_start..]` is `ids(response) ++ [eos]`
+    /// (without the EOS for a [`Tokenizer::cut_example`]).
     pub response_start: usize,
     /// Prompt tokens dropped from the left to fit `max_length`.
     pub truncated: usize,
@@ -307,6 +308,22 @@ impl Tokenizer {
         let mut ids = self.encode(response, false)?;
         ids.push(self.eos);
         Ok(ids)
+    }
+
+    /// [`Tokenizer::example`] for a response that did not end (cut by the token limit): no
+    /// closing EOS, so a language model is not taught to stop where the text was cut.
+    pub fn cut_example(
+        &self,
+        prompt: &Prompt,
+        response: &str,
+        max_length: Option<usize>,
+    ) -> Result<Option<Example>> {
+        let r = self.encode(response, false)?;
+        if r.is_empty() {
+            // Nothing to learn but the end itself.
+            return self.example(prompt, response, max_length);
+        }
+        Ok(fit_example(self.prompt_ids(prompt)?, r, max_length))
     }
 
     /// Prompt and response tokenized separately and joined (never re-tokenized together), fitted to

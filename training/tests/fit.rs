@@ -424,3 +424,63 @@ fn eval_matches_pytorch_reference() {
         }
     }
 }
+
+/// A response cut by the token limit (`finish_reason: length`) is encoded without the closing
+/// EOS for LM objectives, and with it for the reward head (which reads that position); records
+/// without a reason keep DATA.md's rule. Expected ids are built from the tokenizer directly.
+#[test]
+fn cut_responses_are_trained_without_the_closing_eos() {
+    use exports::records::Prompt;
+    use training::data::{Dataset, EncodeConfig, Item};
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("m"), 0, Head::Lm);
+    let tok = exports::Tokenizer::load(&model).unwrap();
+    let data = tmp.path().join("cut.jsonl");
+    std::fs::write(
+        &data,
+        concat!(
+            r#"{"prompt":"Say hello.","chosen":" Hello there, my","rejected":" hello hello","chosen_finish_reason":"length","rejected_finish_reason":"eos"}"#,
+            "\n",
+            r#"{"prompt":"Say hello.","chosen":" Hello there, my","rejected":" hello hello"}"#,
+            "\n",
+        ),
+    )
+    .unwrap();
+    let prompt = Prompt::Text("Say hello.".into());
+    let ended = |response: &str| {
+        let mut ids = tok.prompt_ids(&prompt).unwrap();
+        ids.extend(tok.response_ids(response).unwrap());
+        ids
+    };
+    let mut cut = ended(" Hello there, my");
+    assert_eq!(cut.pop(), Some(tok.eos()));
+
+    for (objective, want_first_chosen) in [
+        (Objective::PairwiseCringe, cut.clone()),
+        (Objective::Reward, ended(" Hello there, my")),
+    ] {
+        let cfg = EncodeConfig {
+            objective,
+            max_length: None,
+        };
+        let ds = Dataset::load(std::slice::from_ref(&data), &tok, &cfg).unwrap();
+        let sides: Vec<_> = ds
+            .items
+            .iter()
+            .map(|item| match item {
+                Item::Pair {
+                    chosen, rejected, ..
+                } => (chosen.ids.clone(), rejected.ids.clone()),
+                Item::Binary { .. } => panic!("pairs expected"),
+            })
+            .collect();
+        assert_eq!(
+            sides,
+            [
+                (want_first_chosen, ended(" hello hello")),
+                (ended(" Hello there, my"), ended(" hello hello")),
+            ],
+            "{objective}"
+        );
+    }
+}

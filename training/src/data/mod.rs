@@ -16,7 +16,7 @@ pub use collate::{collate, cringe_stream, CollateConfig, MicroBatch};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use exports::records::{for_each_jsonl, TrainRecord};
+use exports::records::{for_each_jsonl, FinishReason, TrainRecord};
 use exports::tokenizer::Example;
 use exports::Tokenizer;
 
@@ -139,15 +139,28 @@ impl Dataset {
         cfg: &EncodeConfig,
     ) -> Result<()> {
         self.report.records += 1;
-        let fit = |prompt, response: &str| tok.example(prompt, response, cfg.max_length);
+        // A response cut by the token limit keeps its closing EOS only for the reward head, which
+        // reads that position; LM objectives must not learn to stop where the text was cut.
+        let lm = !cfg.objective.is_reward();
+        let fit = |prompt, response: &str, finish: Option<FinishReason>| {
+            if lm && !FinishReason::ended(finish) {
+                tok.cut_example(prompt, response, cfg.max_length)
+            } else {
+                tok.example(prompt, response, cfg.max_length)
+            }
+        };
         let item = match rec {
-            TrainRecord::Pair(p) if cfg.objective == Objective::Sft => fit(&p.prompt, &p.chosen)?
-                .map(|example| Item::Binary {
+            TrainRecord::Pair(p) if cfg.objective == Objective::Sft => {
+                fit(&p.prompt, &p.chosen, p.chosen_finish_reason)?.map(|example| Item::Binary {
                     example,
                     label: true,
-                }),
+                })
+            }
             TrainRecord::Pair(p) => {
-                match (fit(&p.prompt, &p.chosen)?, fit(&p.prompt, &p.rejected)?) {
+                match (
+                    fit(&p.prompt, &p.chosen, p.chosen_finish_reason)?,
+                    fit(&p.prompt, &p.rejected, p.rejected_finish_reason)?,
+                ) {
                     (Some(chosen), Some(rejected)) => Some(Item::Pair {
                         chosen,
                         rejected,
@@ -166,10 +179,12 @@ impl Dataset {
                 self.report.unused += 1;
                 return Ok(());
             }
-            TrainRecord::Binary(b) => fit(&b.prompt, &b.response)?.map(|example| Item::Binary {
-                example,
-                label: b.label,
-            }),
+            TrainRecord::Binary(b) => {
+                fit(&b.prompt, &b.response, b.finish_reason)?.map(|example| Item::Binary {
+                    example,
+                    label: b.label,
+                })
+            }
         };
         let Some(item) = item else {
             self.report.too_long += 1;
