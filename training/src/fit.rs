@@ -41,6 +41,10 @@ pub struct FitConfig {
     pub device: String,
     /// Write `checkpoint-<step>` every this many steps (the end always writes `final`).
     pub save_every: Option<u64>,
+    /// Keep only the newest this many `checkpoint-<step>` folders: each holds the weights and
+    /// the optimizer state (three copies of the model), so a long run would otherwise fill the
+    /// disk. An older one is deleted only after a newer one is complete; `final` is never deleted.
+    pub save_total_limit: Option<usize>,
     /// Longest sequence; defaults to the model's context size capped at 2048.
     pub max_length: Option<usize>,
     pub train_on_prompt: bool,
@@ -63,6 +67,7 @@ impl Default for FitConfig {
             seed: 0,
             device: "cpu".into(),
             save_every: None,
+            save_total_limit: None,
             max_length: None,
             train_on_prompt: false,
             resume: false,
@@ -95,6 +100,9 @@ impl FitConfig {
         }
         if self.save_every == Some(0) {
             bail!("save_every must be positive");
+        }
+        if self.save_total_limit == Some(0) {
+            bail!("save_total_limit must be positive (leave it unset to keep every checkpoint)");
         }
         self.objective.validate()?;
         self.optim.validate()
@@ -425,6 +433,9 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
             save_checkpoint(&dir, &vs, &model, cfg, &opt, &state_at(done))?;
             tracing::info!(step = done, dir = %dir.display(), "checkpoint");
             last_good = Some(dir);
+            if let Some(keep) = cfg.save_total_limit {
+                trainer_state::prune_checkpoints(&cfg.out, keep)?;
+            }
         }
     }
     progress.finish();

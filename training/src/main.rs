@@ -108,6 +108,9 @@ struct FitArgs {
     device: Option<String>,
     #[arg(long)]
     save_every: Option<u64>,
+    /// Keep only the newest N checkpoint-<step> folders (final is always kept).
+    #[arg(long, value_name = "N")]
+    save_total_limit: Option<usize>,
     #[arg(long)]
     max_length: Option<usize>,
     /// Include prompt tokens in every sum.
@@ -162,6 +165,9 @@ impl FitArgs {
         }
         if self.save_every.is_some() {
             c.save_every = self.save_every;
+        }
+        if self.save_total_limit.is_some() {
+            c.save_total_limit = self.save_total_limit;
         }
         if self.max_length.is_some() {
             c.max_length = self.max_length;

@@ -101,6 +101,22 @@ pub fn latest(out: &Path) -> Result<Option<(PathBuf, TrainerState)>> {
     Ok(list(out)?.pop())
 }
 
+/// Delete all but the newest `keep` complete `checkpoint-<step>` folders of `out` (never `final`).
+pub fn prune_checkpoints(out: &Path, keep: usize) -> Result<()> {
+    let checkpoints: Vec<PathBuf> = list(out)?
+        .into_iter()
+        .map(|(path, _)| path)
+        .filter(|p| p.file_name().is_some_and(|n| n != FINAL_DIR))
+        .collect();
+    let old = checkpoints.len().saturating_sub(keep);
+    for dir in &checkpoints[..old] {
+        std::fs::remove_dir_all(dir)
+            .with_context(|| format!("deleting the old checkpoint {}", dir.display()))?;
+        tracing::info!(dir = %dir.display(), "deleted an old checkpoint (save_total_limit)");
+    }
+    Ok(())
+}
+
 pub fn checkpoint_dir(out: &Path, step: u64) -> PathBuf {
     out.join(format!("checkpoint-{step}"))
 }

@@ -173,6 +173,37 @@ fn resume_continues_exactly() {
     }
 }
 
+/// `save_total_limit` keeps the newest checkpoints and `final`, and a run limited that way still
+/// resumes from what it kept.
+#[test]
+fn save_total_limit_keeps_the_newest_checkpoints() {
+    let tmp = tempfile::tempdir().unwrap();
+    let model = tiny_model(&tmp.path().join("m"), 4, Head::Lm);
+    let data = write_data(tmp.path());
+    let mut cfg = fit_cfg(&model, &data, &tmp.path().join("run"));
+    cfg.max_steps = Some(5);
+    cfg.save_every = Some(1);
+    cfg.save_total_limit = Some(2);
+    fit::run(&cfg).unwrap();
+    let mut names: Vec<String> = std::fs::read_dir(&cfg.out)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    assert_eq!(
+        names,
+        ["checkpoint-3", "checkpoint-4", "final", "metrics.jsonl"]
+    );
+    std::fs::remove_dir_all(cfg.out.join("final")).unwrap();
+    let mut resumed = cfg.clone();
+    resumed.resume = true;
+    let summary = fit::run(&resumed).unwrap();
+    assert_eq!(summary.steps, 5);
+    let mut zero = cfg.clone();
+    zero.save_total_limit = Some(0);
+    assert!(zero.validate().is_err());
+}
+
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
     for e in std::fs::read_dir(from).unwrap() {
