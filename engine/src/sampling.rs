@@ -179,35 +179,23 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// The candidate distribution after temperature, top-k, top-p and min-p, as (token, probability)
 /// sorted by decreasing probability (ties by token id). Probabilities sum to 1.
 pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize, f64)> {
+    let scaled = |l: f32| l / cfg.temperature;
+    // Top-k in one pass without copying the vocabulary: the k-th largest finite score, then
+    // every token at or above it (HF keeps every token that ties the k-th one).
+    let kth = (cfg.top_k > 0)
+        .then(|| kth_largest(logits.iter().map(|&l| scaled(l)), cfg.top_k))
+        .flatten();
     let mut cand: Vec<(usize, f64)> = logits
         .iter()
         .enumerate()
-        .filter(|(_, l)| l.is_finite())
-        .map(|(i, &l)| (i, (l / cfg.temperature) as f64))
+        .map(|(i, &l)| (i, scaled(l)))
+        .filter(|(_, s)| s.is_finite() && kth.is_none_or(|k| *s >= k))
+        .map(|(i, s)| (i, s as f64))
         .collect();
     if cand.is_empty() {
         return vec![];
     }
-    let order = |a: &(usize, f64), b: &(usize, f64)| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0));
-    if cfg.top_k > 0 && cfg.top_k < cand.len() {
-        // Partition out the k best (plus ties with the k-th) before sorting: sorting a 50k vocab
-        // every step of every row would cost more than the model's decode step.
-        cand.select_nth_unstable_by(cfg.top_k - 1, order);
-        let kth = cand[cfg.top_k - 1].1;
-        let (mut head, tail): (Vec<_>, Vec<_>) = cand
-            .into_iter()
-            .enumerate()
-            .partition(|(i, _)| *i < cfg.top_k);
-        head.extend(tail.into_iter().filter(|(_, c)| c.1 >= kth));
-        cand = head.into_iter().map(|(_, c)| c).collect();
-    }
-    cand.sort_by(order);
-    if cfg.top_k > 0 && cfg.top_k < cand.len() {
-        // HF keeps every token whose score ties the k-th one.
-        let kth = cand[cfg.top_k - 1].1;
-        let keep = cand.iter().take_while(|c| c.1 >= kth).count();
-        cand.truncate(keep);
-    }
+    cand.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.0.cmp(&b.0)));
     let max = cand[0].1;
     let mut probs: Vec<f64> = cand.iter().map(|c| (c.1 - max).exp()).collect();
     let z: f64 = probs.iter().sum();
@@ -232,6 +220,41 @@ pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize
     probs.truncate(keep);
     let z: f64 = probs.iter().sum();
     cand.iter().zip(probs).map(|(c, p)| (c.0, p / z)).collect()
+}
+
+/// The `k`-th largest finite value of `scores` (counting repeats), or `None` when there are at
+/// most `k` finite values (then top-k keeps them all). A min-heap of the `k` best so far: one
+/// pass, O(n log k), and no copy of the 50k-entry vocabulary per row and step.
+fn kth_largest(scores: impl Iterator<Item = f32>, k: usize) -> Option<f32> {
+    use std::cmp::Reverse;
+    use std::collections::BinaryHeap;
+    #[derive(PartialEq)]
+    struct Score(f32);
+    impl Eq for Score {}
+    impl PartialOrd for Score {
+        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+            Some(self.cmp(other))
+        }
+    }
+    impl Ord for Score {
+        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+            self.0.total_cmp(&other.0)
+        }
+    }
+    let mut best: BinaryHeap<Reverse<Score>> = BinaryHeap::with_capacity(k + 1);
+    let mut seen = 0;
+    for s in scores.filter(|s| s.is_finite()) {
+        seen += 1;
+        if best.len() < k {
+            best.push(Reverse(Score(s)));
+        } else if best.peek().is_some_and(|Reverse(min)| s > min.0) {
+            best.pop();
+            best.push(Reverse(Score(s)));
+        }
+    }
+    (seen > k)
+        .then(|| best.peek().map(|Reverse(min)| min.0))
+        .flatten()
 }
 
 /// Pick the next token from processed logits: argmax for greedy, else one categorical draw.
@@ -389,5 +412,28 @@ mod tests {
             ..cfg()
         };
         assert_eq!(select(&[0.0, 1.0, 0.5], &c, &mut rng), TokenId(1));
+    }
+
+    /// The heap's k-th largest equals sorting everything and indexing, with ties, infinities,
+    /// NaN and the "at most k finite values" case.
+    #[test]
+    fn kth_largest_matches_a_full_sort() {
+        let mut rng = ChaCha12Rng::seed_from_u64(7);
+        for case in 0..200 {
+            let n = 1 + case % 40;
+            let mut v: Vec<f32> = (0..n)
+                .map(|_| (rng.random_range(0..12) as f32) * 0.5 - 3.0)
+                .collect();
+            if case % 3 == 0 {
+                v.push(f32::NEG_INFINITY);
+                v.push(f32::NAN);
+            }
+            let mut finite: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            finite.sort_by(|a, b| b.total_cmp(a));
+            for k in 1..=n + 2 {
+                let want = (finite.len() > k).then(|| finite[k - 1]);
+                assert_eq!(kth_largest(v.iter().copied(), k), want, "{v:?}, k = {k}");
+            }
+        }
     }
 }
