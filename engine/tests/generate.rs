@@ -146,6 +146,28 @@ fn output_bytes_do_not_depend_on_batch_size_threads_or_resume_point() {
     assert!(e.to_string().contains("--resume"), "{e}");
 }
 
+/// With one sample per prompt, the prompts admitted together are prefilled in one right-padded
+/// run (`Backend::prefill_rows`); the bytes must equal one-prompt-at-a-time prefill (batch 1).
+#[test]
+fn batched_prefill_gives_the_same_bytes_as_one_prompt_at_a_time() {
+    let m = models(13);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    write_prompts(&prompts_path, &prompts(9));
+    let mut outputs = Vec::new();
+    for batch in [1, 4, 16] {
+        let out = m.dir.path().join(format!("n1-b{batch}.jsonl"));
+        let mut c = config(&m.ort, &prompts_path, &out);
+        sampling(&mut c);
+        c.n = 1;
+        c.batch_size = batch;
+        assert_eq!(run(&c).prompts, 9);
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    for o in &outputs[1..] {
+        assert_eq!(o, &outputs[0], "batched prefill changed the output");
+    }
+}
+
 #[test]
 fn shards_merged_equal_the_unsharded_run() {
     let m = models(13);

@@ -364,6 +364,66 @@ impl Backend {
         Ok(&self.prefill_logits[(rows - 1) * v..rows * v])
     }
 
+    /// Whether [`Backend::prefill_rows`] can run: a shared KV buffer (slots are contiguous) and a
+    /// graph that picks each row's last real token (so right padding does not matter).
+    pub fn can_prefill_rows(&self) -> bool {
+        self.io.form == CacheForm::SharedKv && self.io.last_logits_only
+    }
+
+    /// Prefill `prompts[i]` into slot `first + i`, all in one run with right padding; returns
+    /// `[prompts.len(), vocab]` last-position logits. Each row's logits and cache equal those of
+    /// a batch-1 [`Backend::prefill`] bit for bit (the matrix products are row-independent and
+    /// attention stops at each row's length), which the batch-size invariance tests check.
+    pub fn prefill_rows(&mut self, first: usize, prompts: &[&[TokenId]]) -> Result<&[f32]> {
+        assert!(
+            self.can_prefill_rows(),
+            "prefill_rows on a graph that cannot; this is a bug"
+        );
+        let b = prompts.len();
+        assert!(
+            b > 0 && first + b <= self.cache.slots,
+            "prefill of slots {first}..{} of {}; this is a bug",
+            first + b,
+            self.cache.slots
+        );
+        let p = prompts.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        assert!(
+            prompts.iter().all(|ids| !ids.is_empty()),
+            "prefill of an empty prompt; this is a bug"
+        );
+        self.ensure_capacity(p + 1);
+        let v = self.io.vocab;
+        self.prefill_logits.resize(b * v, 0.0);
+        let mut input_ids = vec![0i64; b * p];
+        let mut mask = vec![0i64; b * p];
+        for (r, ids) in prompts.iter().enumerate() {
+            for (j, t) in ids.iter().enumerate() {
+                input_ids[r * p + j] = t.as_i64();
+                mask[r * p + j] = 1;
+            }
+        }
+        let (kvh, hd, cap) = (
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let mem = self.mem.clone();
+        // SAFETY: as in `prefill`; slots `first..first + b` are contiguous in every cache buffer.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, input_ids.as_mut_ptr(), &[b, p])?;
+            feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
+            feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[b, 1, v])?;
+            for buf in self.cache.bufs.iter_mut() {
+                let ptr = buf.as_mut_ptr().add(first * kvh * cap * hd);
+                feed.floats(&mem, ptr, &[b, kvh, cap, hd])?;
+                feed.output(&mem, ptr, &[b, kvh, cap, hd])?;
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
+        }
+        Ok(&self.prefill_logits[..b * v])
+    }
+
     /// One decode step over slots `0..rows.len()`; `None` rows are idle (their slot's contents may
     /// be overwritten at position 0). Returns `[rows, vocab]` logits.
     pub fn decode(&mut self, rows: &[Option<StepRow>]) -> Result<&[f32]> {

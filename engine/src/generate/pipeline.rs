@@ -192,27 +192,36 @@ pub fn run_stage(
     let mut reported = 0u64;
     loop {
         sched.admit_waiting(&mut done);
-        while open && sched.can_admit() {
-            // Block only when nothing is generating; otherwise take what has arrived and go on.
-            let job = if !sched.busy() {
-                match rx.recv() {
-                    Ok(j) => j,
-                    Err(_) => {
-                        open = false;
-                        break;
+        // Start what can start; prompts gathered together share one prefill run.
+        loop {
+            let capacity = sched.admit_capacity();
+            let mut jobs = Vec::new();
+            while open && jobs.len() < capacity {
+                // Block only when nothing is generating or gathered; else take what has arrived.
+                let job = if !sched.busy() && jobs.is_empty() {
+                    match rx.recv() {
+                        Ok(j) => j,
+                        Err(_) => {
+                            open = false;
+                            break;
+                        }
                     }
-                }
-            } else {
-                match rx.try_recv() {
-                    Ok(j) => j,
-                    Err(TryRecvError::Empty) => break,
-                    Err(TryRecvError::Disconnected) => {
-                        open = false;
-                        break;
+                } else {
+                    match rx.try_recv() {
+                        Ok(j) => j,
+                        Err(TryRecvError::Empty) => break,
+                        Err(TryRecvError::Disconnected) => {
+                            open = false;
+                            break;
+                        }
                     }
-                }
-            };
-            sched.admit(job, &mut done)?;
+                };
+                jobs.push(job);
+            }
+            if jobs.is_empty() {
+                break;
+            }
+            sched.admit_all(jobs, &mut done)?;
         }
         if !sched.busy() && !open {
             break;

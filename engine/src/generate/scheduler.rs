@@ -1,6 +1,7 @@
 //! Continuous batching over a fixed set of cache slots. Each (prompt, sample) owns a slot while it
-//! generates; a prompt is prefilled once (batch 1) and its samples share that prefill by copying
-//! the slot's first P positions; every decode step runs all busy slots together; a finished row's
+//! generates; a prompt is prefilled once and its samples share that prefill by copying the slot's
+//! first P positions (prompts with one sample each that start together share one right-padded
+//! prefill run, bit-identical to prefilling them one by one); every decode step runs all busy slots together; a finished row's
 //! slot is refilled with the next prompt straight away. Beam search holds B slots per prompt and
 //! reorders caches by copying slot prefixes.
 //!
@@ -160,6 +161,70 @@ impl<'a> Scheduler<'a> {
             }
             self.collect(key, done);
         }
+    }
+
+    /// How many prompts [`Scheduler::admit_all`] may be given now: every free slot when each
+    /// prompt takes one slot, else one prompt at a time (while [`Scheduler::can_admit`]).
+    pub fn admit_capacity(&self) -> usize {
+        if !self.can_admit() {
+            0
+        } else if self.cfg.n == 1 && self.beams().is_none() {
+            self.free_slots().len()
+        } else {
+            1
+        }
+    }
+
+    /// Start several prompts. With one sample per prompt, prompts that land in consecutive free
+    /// slots share one prefill run (see [`Backend::prefill_rows`]); otherwise each is admitted alone.
+    pub fn admit_all(&mut self, jobs: Vec<Job>, done: &mut Vec<Finished>) -> Result<()> {
+        let batched = jobs.len() > 1
+            && self.cfg.n == 1
+            && self.beams().is_none()
+            && self.cfg.stopper.max_new_tokens > 0
+            && self.backend.can_prefill_rows();
+        if !batched {
+            for job in jobs {
+                self.admit(job, done)?;
+            }
+            return Ok(());
+        }
+        let free = self.free_slots();
+        assert!(
+            jobs.len() <= free.len(),
+            "more prompts than free slots; this is a bug"
+        );
+        let mut jobs = jobs.into_iter().zip(free).peekable();
+        while let Some((job, first)) = jobs.next() {
+            let mut run = vec![job];
+            while let Some((_, slot)) = jobs.peek() {
+                if *slot != first + run.len() {
+                    break;
+                }
+                run.push(jobs.next().expect("peeked").0);
+            }
+            let started = Instant::now();
+            let ids: Vec<&[TokenId]> = run.iter().map(|j| j.ids.as_slice()).collect();
+            let logits = self.backend.prefill_rows(first, &ids)?.to_vec();
+            let v = logits.len() / run.len();
+            for (i, job) in run.into_iter().enumerate() {
+                let key = job.index;
+                let p = job.ids.len();
+                self.prompts.insert(
+                    key,
+                    PromptState {
+                        job,
+                        started,
+                        results: vec![None],
+                        waiting: VecDeque::new(),
+                        stash: None,
+                    },
+                );
+                self.start_sample(key, 0, first + i, p, &logits[i * v..(i + 1) * v]);
+                self.collect(key, done);
+            }
+        }
+        Ok(())
     }
 
     /// Prefill a new prompt and start its samples (or beams).
