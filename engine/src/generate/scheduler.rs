@@ -208,20 +208,13 @@ impl<'a> Scheduler<'a> {
             let logits = self.backend.prefill_rows(first, &ids)?.to_vec();
             let v = logits.len() / run.len();
             for (i, job) in run.into_iter().enumerate() {
-                let key = job.index;
-                let p = job.ids.len();
-                self.prompts.insert(
-                    key,
-                    PromptState {
-                        job,
-                        started,
-                        results: vec![None],
-                        waiting: VecDeque::new(),
-                        stash: None,
-                    },
+                self.start_prompt(
+                    job,
+                    started,
+                    &[first + i],
+                    &logits[i * v..(i + 1) * v],
+                    done,
                 );
-                self.start_sample(key, 0, first + i, p, &logits[i * v..(i + 1) * v]);
-                self.collect(key, done);
             }
         }
         Ok(())
@@ -292,8 +285,25 @@ impl<'a> Scheduler<'a> {
             self.advance_group(key, &rows, done);
             return Ok(());
         }
+        self.start_prompt(job, started, &taken, &logits, done);
+        Ok(())
+    }
+
+    /// Start a prefilled prompt's samples in `taken` (each slot holds the prefill; the first one
+    /// is its source) from the prefill's last `logits`; the samples that found no slot wait on a
+    /// stash of it.
+    fn start_prompt(
+        &mut self,
+        job: Job,
+        started: Instant,
+        taken: &[usize],
+        logits: &[f32],
+        done: &mut Vec<Finished>,
+    ) {
+        let (key, p, n) = (job.index, job.ids.len(), self.cfg.n);
         let waiting: VecDeque<usize> = (taken.len()..n).collect();
-        let stash = (!waiting.is_empty()).then(|| (self.backend.stash(first, p), logits.clone()));
+        let stash =
+            (!waiting.is_empty()).then(|| (self.backend.stash(taken[0], p), logits.to_vec()));
         self.prompts.insert(
             key,
             PromptState {
@@ -305,10 +315,9 @@ impl<'a> Scheduler<'a> {
             },
         );
         for (sample, &slot) in taken.iter().enumerate() {
-            self.start_sample(key, sample, slot, p, &logits);
+            self.start_sample(key, sample, slot, p, logits);
         }
         self.collect(key, done);
-        Ok(())
     }
 
     /// Put sample `sample` of prompt `key` in `slot` (which holds the prompt's prefill) and draw
