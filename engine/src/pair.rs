@@ -124,9 +124,8 @@ pub fn run(cfg: &PairConfig) -> Result<PairSummary> {
                 r.line
             );
         }
-        let (good, bad) = (&c.record.responses[0], &r.record.responses[0]);
-        let (good_end, bad_end) = (good.finish_reason, bad.finish_reason);
-        let (good, bad) = (&good.text, &bad.text);
+        let (chosen, rejected) = (&c.record.responses[0], &r.record.responses[0]);
+        let (good, bad) = (&chosen.text, &rejected.text);
         let rewards = match cfg.require_repeat {
             Some(n) => {
                 let context = prompt.context_text();
@@ -154,8 +153,8 @@ pub fn run(cfg: &PairConfig) -> Result<PairSummary> {
             chosen_reward: rewards.map(|r| r.0),
             rejected_reward: rewards.map(|r| r.1),
             source: Some(source.clone()),
-            chosen_finish_reason: Some(good_end),
-            rejected_finish_reason: Some(bad_end),
+            chosen_finish_reason: Some(chosen.finish_reason),
+            rejected_finish_reason: Some(rejected.finish_reason),
         });
     }
     summary.only_in_rejected = by_id.len();

@@ -1,9 +1,9 @@
 //! Continuous batching over a fixed set of cache slots. Each (prompt, sample) owns a slot while it
 //! generates; a prompt is prefilled once and its samples share that prefill by copying the slot's
 //! first P positions (prompts with one sample each that start together share one right-padded
-//! prefill run, bit-identical to prefilling them one by one); every decode step runs all busy slots together; a finished row's
-//! slot is refilled with the next prompt straight away. Beam search holds B slots per prompt and
-//! reorders caches by copying slot prefixes.
+//! prefill run, bit-identical to prefilling them one by one); every decode step runs all busy
+//! slots together; a finished row's slot is refilled with the next prompt straight away. Beam
+//! search holds B slots per prompt and reorders caches by copying slot prefixes.
 //!
 //! Nothing a row computes depends on which other rows share its step (see the batch-invariance
 //! tests), and each row draws from its own RNG stream, so output does not depend on batch size.
@@ -163,12 +163,17 @@ impl<'a> Scheduler<'a> {
         }
     }
 
+    /// One sample per prompt and no beams: each prompt needs exactly one slot.
+    fn one_slot_per_prompt(&self) -> bool {
+        self.cfg.n == 1 && self.beams().is_none()
+    }
+
     /// How many prompts [`Scheduler::admit_all`] may be given now: every free slot when each
     /// prompt takes one slot, else one prompt at a time (while [`Scheduler::can_admit`]).
     pub fn admit_capacity(&self) -> usize {
         if !self.can_admit() {
             0
-        } else if self.cfg.n == 1 && self.beams().is_none() {
+        } else if self.one_slot_per_prompt() {
             self.free_slots().len()
         } else {
             1
@@ -179,8 +184,7 @@ impl<'a> Scheduler<'a> {
     /// slots share one prefill run (see [`Backend::prefill_rows`]); otherwise each is admitted alone.
     pub fn admit_all(&mut self, jobs: Vec<Job>, done: &mut Vec<Finished>) -> Result<()> {
         let batched = jobs.len() > 1
-            && self.cfg.n == 1
-            && self.beams().is_none()
+            && self.one_slot_per_prompt()
             && self.cfg.stopper.max_new_tokens > 0
             && self.backend.can_prefill_rows();
         if !batched {
