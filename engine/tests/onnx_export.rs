@@ -352,3 +352,55 @@ fn ort_flavor_refuses_head_dim_8() {
     let err = export(&cfg).unwrap_err().to_string();
     assert!(err.contains("multiple of 16"), "{err}");
 }
+
+/// Folders saved by transformers 5 (training/tests/fixtures/hf5, from
+/// scripts/reference/hf5_reference.py): Qwen3 (q/k norms, head_dim ≠ hidden / heads, tied and
+/// untied with biases), Llama 3.2-style (llama3 rope scaling, tied), Qwen2, Mistral. Each is
+/// exported in both flavors and every real position of the reference batch (each row run alone)
+/// matches transformers' logits at the fixture's vocabulary entries.
+#[test]
+fn transformers5_checkpoints_export_to_transformers_logits() {
+    let hf5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/tests/fixtures/hf5");
+    let rt = runtime();
+    for name in [
+        "qwen3_tied",
+        "qwen3_untied_bias",
+        "llama32_tied",
+        "qwen2_tied",
+        "mistral_untied",
+    ] {
+        let fx = Checkpoint::load(&hf5.join(format!("{name}.safetensors"))).unwrap();
+        let ids = fx.get("input_ids").unwrap().to_i64().unwrap();
+        let mask = fx.get("attention_mask").unwrap().to_i64().unwrap();
+        let index = fx.get("vocab_index").unwrap().to_i64().unwrap();
+        let l = fx.get("logits").unwrap();
+        let (b, t, k) = (l.shape[0], l.shape[1], l.shape[2]);
+        let want = l.to_f32().unwrap();
+        for flavor in [Flavor::Ort, Flavor::Portable] {
+            let tmp = tempfile::tempdir().unwrap();
+            let mut cfg = OnnxExportConfig::new(hf5.join(name), tmp.path().join("onnx"));
+            cfg.flavor = Some(flavor);
+            export(&cfg).unwrap_or_else(|e| panic!("{name} {flavor:?}: {e:#}"));
+            let mut s = DecoderSession::load(rt, &tmp.path().join("onnx"), &SessionOptions::default())
+                .unwrap();
+            let mut worst = 0.0f32;
+            for r in 0..b {
+                let real: Vec<usize> = (0..t).filter(|&j| mask[r * t + j] == 1).collect();
+                let row: Vec<i64> = real.iter().map(|&j| ids[r * t + j]).collect();
+                let mut cache = s.new_cache(1).unwrap();
+                let got = s
+                    .forward(&row, 1, row.len(), &vec![1; row.len()], &mut cache)
+                    .unwrap();
+                for (p, &j) in real.iter().enumerate() {
+                    let logits = got.at(0, p);
+                    for (c, &v) in index.iter().enumerate() {
+                        let d = (logits[v as usize] - want[(r * t + j) * k + c]).abs();
+                        worst = worst.max(d);
+                    }
+                }
+            }
+            println!("{name} {flavor:?}: max |onnx - transformers| = {worst:.3e}");
+            assert!(worst <= REFERENCE_TOL, "{name} {flavor:?}: {worst}");
+        }
+    }
+}

@@ -23,6 +23,9 @@ pub struct InitConfig {
     pub layers: usize,
     pub heads: usize,
     pub kv_heads: usize,
+    /// Per-head dimension; `None`: hidden / heads. Qwen3's preset sets 16 so that it differs from
+    /// hidden / heads (as in the released Qwen3 sizes) and suits GroupQueryAttention.
+    pub head_dim: Option<usize>,
     pub intermediate_size: usize,
     pub max_positions: usize,
     pub tied: bool,
@@ -41,6 +44,7 @@ impl InitConfig {
             layers: 2,
             heads: 4,
             kv_heads: if model_type == ModelType::Gpt2 { 4 } else { 2 },
+            head_dim: (model_type == ModelType::Qwen3).then_some(16),
             intermediate_size: 64,
             max_positions: 256,
             tied: true,
@@ -98,6 +102,8 @@ pub fn tiny_tokenizer() -> ByteLevelBpe {
 pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
     let tok = tiny_tokenizer();
     let is_gpt2 = cfg.model_type == ModelType::Gpt2;
+    // `attention_bias` exists for Llama and Qwen3 only (Qwen2's biases are fixed, Mistral has none).
+    let own_bias = matches!(cfg.model_type, ModelType::Llama | ModelType::Qwen3);
     let model = ModelConfig {
         model_type: cfg.model_type,
         vocab_size: tok.vocab.len(),
@@ -105,14 +111,15 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
         num_hidden_layers: cfg.layers,
         num_attention_heads: cfg.heads,
         num_key_value_heads: if is_gpt2 { cfg.heads } else { cfg.kv_heads },
-        head_dim: cfg.hidden_size / cfg.heads,
+        head_dim: cfg.head_dim.unwrap_or(cfg.hidden_size / cfg.heads),
         intermediate_size: cfg.intermediate_size,
         max_position_embeddings: cfg.max_positions,
         norm_eps: 1e-5,
         rope_theta: if is_gpt2 { 0.0 } else { 10000.0 },
         rope_scaling: None,
-        qkv_bias: is_gpt2 || cfg.model_type == ModelType::Qwen2 || cfg.attention_bias,
-        o_bias: is_gpt2 || (cfg.model_type != ModelType::Qwen2 && cfg.attention_bias),
+        qkv_bias: is_gpt2 || cfg.model_type == ModelType::Qwen2 || (own_bias && cfg.attention_bias),
+        o_bias: is_gpt2 || (own_bias && cfg.attention_bias),
+        qk_norm: cfg.model_type == ModelType::Qwen3,
         tie_word_embeddings: cfg.tied,
         activation: if is_gpt2 {
             Activation::GeluNew
@@ -124,6 +131,7 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
         pad_token_id: Some(2),
         sliding_window: None,
         num_labels: (cfg.head == Head::Reward).then_some(1),
+        extra: serde_json::Map::new(),
     };
     // Round-trip through JSON so that an inconsistent preset is caught by the same validation
     // that user configs get.
@@ -196,7 +204,12 @@ mod tests {
     fn tiny_models_load_back_and_are_deterministic() {
         let a = tempfile::tempdir().unwrap();
         let b = tempfile::tempdir().unwrap();
-        for ty in [ModelType::Llama, ModelType::Qwen2, ModelType::Gpt2] {
+        for ty in [
+            ModelType::Llama,
+            ModelType::Qwen2,
+            ModelType::Qwen3,
+            ModelType::Gpt2,
+        ] {
             let cfg = InitConfig::tiny(ty, 7);
             let m = init(&cfg, a.path()).unwrap();
             init(&cfg, b.path()).unwrap();

@@ -98,6 +98,15 @@ pub fn tensors(cfg: &ModelConfig, head: Head) -> Vec<TensorSpec> {
                     Role::Bias,
                 ));
             }
+            if cfg.qk_norm {
+                for n in ["q_norm", "k_norm"] {
+                    out.push(spec(
+                        format!("{p}.self_attn.{n}.weight"),
+                        vec![cfg.head_dim],
+                        Role::NormWeight,
+                    ));
+                }
+            }
             out.push(spec(
                 format!("{p}.post_attention_layernorm.weight"),
                 vec![h],

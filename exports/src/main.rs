@@ -130,6 +130,7 @@ enum Arch {
     Llama,
     Mistral,
     Qwen2,
+    Qwen3,
     Gpt2,
 }
 
@@ -164,6 +165,9 @@ struct InitArgs {
     /// Attention heads instead of the preset's.
     #[arg(long)]
     heads: Option<usize>,
+    /// Per-head dimension instead of hidden / heads (Llama family; the qwen3 preset uses 16).
+    #[arg(long)]
+    head_dim: Option<usize>,
     /// Separate output head instead of tying it to the input embedding.
     #[arg(long)]
     untied: bool,
@@ -182,6 +186,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Arch::Llama => ModelType::Llama,
                 Arch::Mistral => ModelType::Mistral,
                 Arch::Qwen2 => ModelType::Qwen2,
+                Arch::Qwen3 => ModelType::Qwen3,
                 Arch::Gpt2 => ModelType::Gpt2,
             };
             let Preset::Tiny = a.preset;
@@ -194,6 +199,9 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             if let Some(n) = a.heads {
                 cfg.heads = n;
+            }
+            if let Some(d) = a.head_dim {
+                cfg.head_dim = Some(d);
             }
             cfg.tied = !a.untied;
             cfg.attention_bias = a.attention_bias;

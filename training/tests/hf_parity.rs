@@ -139,3 +139,92 @@ fn gpt2_logits_match_transformers() {
 fn reward_scores_match_sequence_classification() {
     run(&["llama_reward", "qwen2_reward", "gpt2_reward"]);
 }
+
+// ---- Checkpoints saved by transformers 5 (scripts/reference/hf5_reference.py) ----
+
+fn hf5() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf5")
+}
+
+fn hf5_cases() -> Vec<Value> {
+    let text = std::fs::read_to_string(hf5().join("cases.json")).unwrap();
+    let v: Value = serde_json::from_str(&text).unwrap();
+    v["cases"].as_array().expect("cases").clone()
+}
+
+/// Logits of the folder as transformers saved it (bf16 weights, a real transformers 5 config with
+/// `rope_parameters`, `dtype`, `layer_types` …) against transformers' own, within 1e-5.
+fn check_hf5_logits(name: &str) {
+    let dir = hf5().join(name);
+    let (_vs, model) = training::weights::load_model(&dir, tch::Device::Cpu, Head::Lm)
+        .unwrap_or_else(|e| panic!("{name}: {e:#}"));
+    let fx = Checkpoint::load(&hf5().join(format!("{name}.safetensors"))).unwrap();
+    let ids = common::fixture_tensor(&fx, "input_ids");
+    let mask = common::fixture_tensor(&fx, "attention_mask");
+    let index = common::fixture_tensor(&fx, "vocab_index");
+    let want = common::fixture_tensor(&fx, "logits");
+    let _guard = tch::no_grad_guard();
+    let got = model.forward(&ids, &mask).index_select(2, &index);
+    let diff = common::max_abs_diff_where(&got, &want, &mask.unsqueeze(-1));
+    let scale = common::max_abs_diff(&want, &want.zeros_like());
+    println!("{name}: max |tch - transformers| = {diff:.3e} (max |logit| {scale:.3})");
+    assert!(
+        diff < TOLERANCE,
+        "{name}: max |tch - transformers| = {diff:e}"
+    );
+}
+
+/// `training eval` (the library call behind it) against losses_reference.py run with
+/// transformers on the same folder and pairs: relative 1e-4.
+fn check_hf5_loss(case: &Value) {
+    use training::fit::{self, EvalConfig};
+    use training::objectives::ObjectiveConfig;
+    let name = case["name"].as_str().unwrap();
+    let objective: ObjectiveConfig =
+        serde_json::from_value(serde_json::json!({"name": "pairwise-cringe"})).unwrap();
+    let cfg = EvalConfig {
+        model: hf5().join(name),
+        data: vec![hf5().join("pairs.jsonl")],
+        objective: ObjectiveConfig {
+            cringe_k: 1,
+            ..objective
+        },
+        batch_size: 3,
+        device: "cpu".into(),
+        max_length: None,
+        train_on_prompt: false,
+        reference: None,
+        seed: 0,
+    };
+    let got = serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap();
+    let want = case["pairwise_cringe"].as_object().expect("pairwise_cringe");
+    for (k, w) in want {
+        let (g, w) = (got[k].as_f64().unwrap_or(f64::NAN), w.as_f64().unwrap());
+        assert!(
+            (g - w).abs() <= 1e-4 * w.abs().max(0.1),
+            "{name} {k}: training eval {g}, transformers {w}"
+        );
+    }
+    println!("{name}: eval {got} matches transformers");
+}
+
+#[test]
+fn transformers5_checkpoints_match_transformers() {
+    let cases = hf5_cases();
+    let names: Vec<&str> = cases.iter().map(|c| c["name"].as_str().unwrap()).collect();
+    assert_eq!(
+        names,
+        [
+            "qwen3_tied",
+            "qwen3_untied_bias",
+            "llama32_tied",
+            "qwen2_tied",
+            "mistral_untied"
+        ]
+    );
+    for case in &cases {
+        let name = case["name"].as_str().unwrap();
+        check_hf5_logits(name);
+        check_hf5_loss(case);
+    }
+}

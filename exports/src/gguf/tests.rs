@@ -97,6 +97,7 @@ fn tiny_config(vocab: usize, tied: bool) -> ModelConfig {
         rope_scaling: None,
         qkv_bias: false,
         o_bias: false,
+        qk_norm: false,
         tie_word_embeddings: tied,
         activation: Activation::Silu,
         bos_token_id: Some(1),
@@ -104,6 +105,7 @@ fn tiny_config(vocab: usize, tied: bool) -> ModelConfig {
         pad_token_id: Some(2),
         sliding_window: None,
         num_labels: None,
+        extra: serde_json::Map::new(),
     }
 }
 

@@ -218,7 +218,9 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
             ("self_attn.k_proj", nkv * hd),
             ("self_attn.v_proj", nkv * hd),
         ];
-        let qkv: Vec<Value> = if f.packed_qkv {
+        // With Qwen3's q/k norms the projections stay separate (as onnxruntime-genai's builder
+        // does): each is normalised per head before the rotary.
+        let qkv: Vec<Value> = if f.packed_qkv && !cfg.qk_norm {
             let (w, b) = ctx.proj(&mut g, l, &parts, h, "attn.qkv_proj", cfg.qkv_bias)?;
             let packed = layers::linear(&mut g, &normed, &w, b.as_ref());
             if f.gqa {
@@ -241,12 +243,41 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
             }
             out
         };
+        let qk_norms = if cfg.qk_norm {
+            let mut w = vec![];
+            for n in ["q_norm", "k_norm"] {
+                w.push(ctx.w.put_vector(
+                    &mut g,
+                    &ctx.hf(l, &format!("self_attn.{n}.weight")),
+                    hd,
+                    &format!("model.layers.{l}.attn.{n}.weight"),
+                )?);
+            }
+            Some(w)
+        } else {
+            None
+        };
         let past = [&inputs.past_keys[l], &inputs.past_values[l]];
         let a = match &attn {
-            Attn::Gqa(gi) => gqa(&mut g, cfg, &qkv, past, gi),
+            Attn::Gqa(gi) => {
+                let mut qkv = qkv;
+                if let Some(w) = &qk_norms {
+                    // [B, S, N·hd] → [B, S·N, hd] → RMSNorm → [B, S, N·hd], before GQA's rotary.
+                    for (i, width) in [(0, nq * hd), (1, nkv * hd)] {
+                        let heads = g.reshape(&qkv[i], &[0, -1, hd as i64]);
+                        let normed = layers::rms_norm(&mut g, &heads, &w[i], cfg.norm_eps);
+                        qkv[i] = g.reshape(&normed, &[0, -1, width as i64]);
+                    }
+                }
+                gqa(&mut g, cfg, &qkv, past, gi)
+            }
             Attn::Portable(pc) => {
-                let q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
-                let k = g.reshape(&qkv[1], &[0, 0, nkv as i64, hd as i64]);
+                let mut q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
+                let mut k = g.reshape(&qkv[1], &[0, 0, nkv as i64, hd as i64]);
+                if let Some(w) = &qk_norms {
+                    q = layers::rms_norm(&mut g, &q, &w[0], cfg.norm_eps);
+                    k = layers::rms_norm(&mut g, &k, &w[1], cfg.norm_eps);
+                }
                 let v = g.reshape(&qkv[2], &[0, 0, nkv as i64, hd as i64]);
                 let (cos, sin) = pc.rotary.as_ref().expect("llama has rotary");
                 let q = layers::apply_rotary(&mut g, &q, cos, sin, hd);

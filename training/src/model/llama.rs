@@ -3,6 +3,8 @@
 //! grouped-query heads → residual, RMSNorm → SwiGLU MLP → residual; a final RMSNorm.
 //!
 //! Qwen2 differs only by biases on q/k/v (and Llama's optional `attention_bias` adds o_proj's);
+//! Qwen3 adds a per-head RMSNorm of q and k (`q_norm`, `k_norm`, `[head_dim]`) after the
+//! projections and before the rotary embedding, as `modeling_qwen3.py` does;
 //! Mistral's sliding window is not applied (full attention equals it for sequences within the window).
 
 use tch::Tensor;
@@ -18,6 +20,8 @@ struct Attention {
     k_proj: Linear,
     v_proj: Linear,
     o_proj: Linear,
+    /// Qwen3's per-head norms of q and k.
+    qk_norm: Option<(RmsNorm, RmsNorm)>,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -28,6 +32,10 @@ impl Attention {
         let q = split_heads(&self.q_proj.forward(x), self.heads, self.head_dim);
         let k = split_heads(&self.k_proj.forward(x), self.kv_heads, self.head_dim);
         let v = split_heads(&self.v_proj.forward(x), self.kv_heads, self.head_dim);
+        let (q, k) = match &self.qk_norm {
+            Some((qn, kn)) => (qn.forward(&q), kn.forward(&k)),
+            None => (q, k),
+        };
         let q = apply_rotary(&q, cos, sin);
         let k = apply_rotary(&k, cos, sin);
         let groups = self.heads / self.kv_heads;
@@ -96,6 +104,17 @@ impl Llama {
                     k_proj: linear(params, &format!("{a}.k_proj"), cfg.qkv_bias)?,
                     v_proj: linear(params, &format!("{a}.v_proj"), cfg.qkv_bias)?,
                     o_proj: linear(params, &format!("{a}.o_proj"), cfg.o_bias)?,
+                    qk_norm: if cfg.qk_norm {
+                        let norm = |params: &mut Params, n: &str| -> anyhow::Result<RmsNorm> {
+                            Ok(RmsNorm {
+                                weight: params.take(&format!("{a}.{n}.weight"))?,
+                                eps,
+                            })
+                        };
+                        Some((norm(params, "q_norm")?, norm(params, "k_norm")?))
+                    } else {
+                        None
+                    },
                     heads: cfg.num_attention_heads as i64,
                     kv_heads: cfg.num_key_value_heads as i64,
                     head_dim: cfg.head_dim as i64,
