@@ -6,7 +6,7 @@ use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 
 use crate::checkpoint::{Checkpoint, HostTensor};
-use crate::config::{Activation, ModelConfig, ModelType};
+use crate::config::{Activation, ModelConfig, ModelType, RopeScaling};
 use crate::error::Error;
 use crate::gguf::import::import_gguf;
 use crate::gguf::permute::permute_rows;
@@ -131,6 +131,8 @@ fn gguf_name(hf: &str) -> String {
         "mlp.gate_proj.weight" => "ffn_gate",
         "mlp.up_proj.weight" => "ffn_up",
         "mlp.down_proj.weight" => "ffn_down",
+        "self_attn.q_norm.weight" => "attn_q_norm",
+        "self_attn.k_norm.weight" => "attn_k_norm",
         other => panic!("unmapped {other}"),
     };
     format!("blk.{layer}.{g}.weight")
@@ -147,27 +149,40 @@ struct Synthetic {
 /// other matrices Q8_0 or F16 (values chosen exactly representable, so the expected import is
 /// exactly the HF tensors we started from).
 fn synthetic(tied: bool) -> Synthetic {
+    synthetic_arch(tied, "llama", &[])
+}
+
+/// `synthetic` for `general.architecture = arch` (`llama` or `qwen3`: q/k norms, head_dim 32 ≠
+/// hidden / heads, no Q/K permutation), with `extra` F32 tensors added as they are.
+fn synthetic_arch(tied: bool, arch: &str, extra: &[(&str, Vec<f32>)]) -> Synthetic {
     let bpe = tiny_tokenizer();
     let mut vocab = bpe.vocab.clone();
     vocab.push("<think>".into()); // a user-defined token
-    let config = tiny_config(vocab.len(), tied);
+    let mut config = tiny_config(vocab.len(), tied);
+    let qwen3 = arch == "qwen3";
+    if qwen3 {
+        config.model_type = ModelType::Qwen3;
+        config.qk_norm = true;
+        config.head_dim = 32;
+    }
+    let k = |key: &str| format!("{arch}.{key}");
     let mut rng = ChaCha8Rng::seed_from_u64(11);
     let mut hf = Checkpoint::new();
     let mut w = GgufWriter::new();
     let mut types = vec![1i32; vocab.len()];
     types[0..3].fill(3);
     *types.last_mut().unwrap() = 4;
-    w.kv("general.architecture", s("llama"))
+    w.kv("general.architecture", s(arch))
         .kv("general.name", s("tiny"))
-        .kv("llama.context_length", Value::U32(128))
-        .kv("llama.embedding_length", Value::U32(64))
-        .kv("llama.block_count", Value::U32(2))
-        .kv("llama.feed_forward_length", Value::U32(96))
-        .kv("llama.attention.head_count", Value::U32(4))
-        .kv("llama.attention.head_count_kv", Value::U32(2))
-        .kv("llama.rope.freq_base", Value::F32(100000.0))
-        .kv("llama.attention.layer_norm_rms_epsilon", Value::F32(1e-5))
-        .kv("llama.rope.dimension_count", Value::U32(16))
+        .kv(&k("context_length"), Value::U32(128))
+        .kv(&k("embedding_length"), Value::U32(64))
+        .kv(&k("block_count"), Value::U32(2))
+        .kv(&k("feed_forward_length"), Value::U32(96))
+        .kv(&k("attention.head_count"), Value::U32(4))
+        .kv(&k("attention.head_count_kv"), Value::U32(2))
+        .kv(&k("rope.freq_base"), Value::F32(100000.0))
+        .kv(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
+        .kv(&k("rope.dimension_count"), Value::U32(config.head_dim as u32))
         .kv("tokenizer.ggml.model", s("gpt2"))
         .kv("tokenizer.ggml.pre", s("smollm"))
         .kv(
@@ -193,6 +208,12 @@ fn synthetic(tied: bool) -> Synthetic {
         .kv("tokenizer.ggml.padding_token_id", Value::U32(2))
         .kv("tokenizer.ggml.add_bos_token", Value::Bool(false))
         .kv("tokenizer.chat_template", s(TINY_CHAT_TEMPLATE));
+    if qwen3 {
+        w.kv(&k("attention.key_length"), Value::U32(32));
+    }
+    for (name, v) in extra {
+        w.tensor(name, &[v.len() as u64], "F32", f32_bytes(v));
+    }
     for (i, t) in layout::tensors(&config, Head::Lm).into_iter().enumerate() {
         let n: usize = t.shape.iter().product();
         let ne: Vec<u64> = t.shape.iter().rev().map(|&d| d as u64).collect();
@@ -210,7 +231,9 @@ fn synthetic(tied: bool) -> Synthetic {
             .map(|_| rng.random_range(-127i32..=127) as f32 / 256.0)
             .collect();
         let (rows, cols) = (t.shape[0], t.shape[1]);
-        let stored = if t.name.ends_with("q_proj.weight") {
+        let stored = if qwen3 {
+            v.clone()
+        } else if t.name.ends_with("q_proj.weight") {
             permute_rows(&v, rows, cols, config.num_attention_heads).unwrap()
         } else if t.name.ends_with("k_proj.weight") {
             permute_rows(&v, rows, cols, config.num_key_value_heads).unwrap()
@@ -527,5 +550,70 @@ fn an_existing_output_folder_survives_a_failed_import() {
     assert_eq!(
         std::fs::read(out.join("model.safetensors")).unwrap(),
         before
+    );
+}
+
+#[test]
+fn synthetic_qwen3_imports_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let syn = synthetic_arch(true, "qwen3", &[]);
+    let gguf = write(tmp.path(), "qwen3.gguf", &syn.bytes);
+    let out = tmp.path().join("model");
+    let summary = import_gguf(&gguf, &out).unwrap();
+    assert_eq!(summary.config.model_type, ModelType::Qwen3);
+    assert_eq!(summary.config.head_dim, 32);
+    assert_eq!(ModelConfig::load(&out).unwrap(), syn.config);
+    let back = Checkpoint::load(&out).unwrap();
+    assert!(back.tensors.contains_key("model.layers.1.self_attn.k_norm.weight"));
+    for (name, t) in &syn.hf.tensors {
+        assert_eq!(&back.tensors[name], t, "{name} differs after import");
+    }
+}
+
+/// What llama.cpp's `convert_hf_to_gguf.py` (LlamaModel.generate_extra_tensors) writes as
+/// `rope_freqs.weight` for a llama3 `rope_scaling`, transcribed from it.
+fn converter_rope_factors(theta: f64, dim: usize, factor: f64, low: f64, high: f64, old: f64) -> Vec<f32> {
+    (0..dim / 2)
+        .map(|j| {
+            let freq = 1.0 / theta.powf((2 * j) as f64 / dim as f64);
+            let wavelen = 2.0 * std::f64::consts::PI / freq;
+            let (low_w, high_w) = (old / low, old / high);
+            (if wavelen < high_w {
+                1.0
+            } else if wavelen > low_w {
+                factor
+            } else {
+                let smooth = (old / wavelen - low) / (high - low);
+                1.0 / ((1.0 - smooth) / factor + smooth)
+            }) as f32
+        })
+        .collect()
+}
+
+#[test]
+fn llama3_rope_freqs_tensor_becomes_llama3_scaling_or_is_refused() {
+    // head_dim 16, theta 1e5: wavelengths 6.3 … 3.1e4 straddle 8192/4 and 8192.
+    let factors = converter_rope_factors(100000.0, 16, 32.0, 1.0, 4.0, 8192.0);
+    assert!(factors.iter().any(|&f| f == 1.0) && factors.iter().any(|&f| f == 32.0));
+    let syn = synthetic_arch(true, "llama", &[("rope_freqs.weight", factors)]);
+    let tmp = tempfile::tempdir().unwrap();
+    let gguf = write(tmp.path(), "l3.gguf", &syn.bytes);
+    let summary = import_gguf(&gguf, &tmp.path().join("m")).unwrap();
+    assert_eq!(
+        summary.config.rope_scaling,
+        Some(RopeScaling::Llama3 {
+            factor: 32.0,
+            low_freq_factor: 1.0,
+            high_freq_factor: 4.0,
+            original_max_position_embeddings: 8192
+        })
+    );
+    // Divisors from other band edges cannot be told apart from the GGUF: refused, named.
+    let odd = converter_rope_factors(100000.0, 16, 32.0, 2.0, 8.0, 8192.0);
+    let syn = synthetic_arch(true, "llama", &[("rope_freqs.weight", odd)]);
+    let e = import_err(&syn.bytes).to_string();
+    assert!(
+        e.contains("rope_freqs.weight") && e.contains("low_freq_factor"),
+        "{e}"
     );
 }
