@@ -355,7 +355,8 @@ fn ort_flavor_refuses_head_dim_8() {
 
 /// Folders saved by transformers 5 (training/tests/fixtures/hf5, from
 /// scripts/reference/hf5_reference.py): Qwen3 (q/k norms, head_dim ≠ hidden / heads, tied and
-/// untied with biases), Llama 3.2-style (llama3 rope scaling, tied), Qwen2, Mistral. Each is
+/// untied with biases), Llama 3.2-style (llama3 rope scaling, tied), Qwen2, Mistral (one with a
+/// sliding window of 4, shorter than the rows), SmolLM3 (a NoPE layer). Each is
 /// exported in both flavors and every real position of the reference batch (each row run alone)
 /// matches transformers' logits at the fixture's vocabulary entries.
 #[test]
@@ -368,6 +369,8 @@ fn transformers5_checkpoints_export_to_transformers_logits() {
         "llama32_tied",
         "qwen2_tied",
         "mistral_untied",
+        "mistral_window4",
+        "smollm3_tied",
     ] {
         let fx = Checkpoint::load(&hf5.join(format!("{name}.safetensors"))).unwrap();
         let ids = fx.get("input_ids").unwrap().to_i64().unwrap();
@@ -402,5 +405,32 @@ fn transformers5_checkpoints_export_to_transformers_logits() {
             println!("{name} {flavor:?}: max |onnx - transformers| = {worst:.3e}");
             assert!(worst <= REFERENCE_TOL, "{name} {flavor:?}: {worst}");
         }
+    }
+}
+
+/// The Qwen3 reward model saved by transformers 5 (Qwen3ForSequenceClassification), exported with
+/// the reward head in both flavors: scores equal transformers'.
+#[test]
+fn transformers5_qwen3_reward_model_exports_to_transformers_scores() {
+    let hf5 = Path::new(env!("CARGO_MANIFEST_DIR")).join("../training/tests/fixtures/hf5");
+    let rt = runtime();
+    for flavor in [Flavor::Ort, Flavor::Portable] {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cfg = OnnxExportConfig::new(hf5.join("qwen3_reward"), tmp.path().join("onnx"));
+        cfg.flavor = Some(flavor);
+        cfg.head = Head::Reward;
+        export(&cfg).unwrap();
+        let mut s =
+            DecoderSession::load(rt, &tmp.path().join("onnx"), &SessionOptions::default()).unwrap();
+        let r = verify(
+            &mut s,
+            &hf5.join("qwen3_reward.safetensors"),
+            Some(REFERENCE_TOL),
+        )
+        .unwrap_or_else(|e| panic!("{flavor:?}: {e:#}"));
+        assert!(
+            r.compared > 0 && r.max_abs_diff <= REFERENCE_TOL,
+            "{flavor:?}: {r:?}"
+        );
     }
 }

@@ -25,6 +25,7 @@ pub enum ModelType {
     Mistral,
     Qwen2,
     Qwen3,
+    SmolLM3,
     Gpt2,
 }
 
@@ -35,6 +36,7 @@ impl ModelType {
             ModelType::Mistral => "mistral",
             ModelType::Qwen2 => "qwen2",
             ModelType::Qwen3 => "qwen3",
+            ModelType::SmolLM3 => "smollm3",
             ModelType::Gpt2 => "gpt2",
         }
     }
@@ -46,6 +48,7 @@ impl ModelType {
             ModelType::Mistral => "MistralForCausalLM",
             ModelType::Qwen2 => "Qwen2ForCausalLM",
             ModelType::Qwen3 => "Qwen3ForCausalLM",
+            ModelType::SmolLM3 => "SmolLM3ForCausalLM",
             ModelType::Gpt2 => "GPT2LMHeadModel",
         }
     }
@@ -57,12 +60,13 @@ impl ModelType {
             ModelType::Mistral => "MistralForSequenceClassification",
             ModelType::Qwen2 => "Qwen2ForSequenceClassification",
             ModelType::Qwen3 => "Qwen3ForSequenceClassification",
+            ModelType::SmolLM3 => "SmolLM3ForSequenceClassification",
             ModelType::Gpt2 => "GPT2ForSequenceClassification",
         }
     }
 
-    /// Llama, Mistral, Qwen2 and Qwen3 share one architecture (RMSNorm, rotary, SwiGLU); GPT-2 is
-    /// the other.
+    /// Llama, Mistral, Qwen2, Qwen3 and SmolLM3 share one architecture (RMSNorm, rotary, SwiGLU);
+    /// GPT-2 is the other.
     pub fn is_llama_family(self) -> bool {
         !matches!(self, ModelType::Gpt2)
     }
@@ -73,6 +77,7 @@ impl ModelType {
             "mistral" => ModelType::Mistral,
             "qwen2" => ModelType::Qwen2,
             "qwen3" => ModelType::Qwen3,
+            "smollm3" => ModelType::SmolLM3,
             "gpt2" => ModelType::Gpt2,
             _ => return None,
         })
@@ -125,15 +130,17 @@ pub struct ModelConfig {
     /// Qwen3's per-head RMSNorm of q and k (`self_attn.q_norm` / `k_norm`, `[head_dim]`), applied
     /// after the projections and before the rotary embedding.
     pub qk_norm: bool,
+    /// Layers that skip the rotary embedding (SmolLM3's NoPE layers: `no_rope_layers[i] == 0`),
+    /// in increasing order; empty for the other types.
+    pub nope_layers: Vec<usize>,
     pub tie_word_embeddings: bool,
     pub activation: Activation,
     pub bos_token_id: Option<u32>,
     pub eos_token_ids: Vec<u32>,
     pub pad_token_id: Option<u32>,
-    /// The sliding window attention would use (Mistral's `sliding_window`; Qwen's only with
-    /// `use_sliding_window`). Attention here is full, which equals windowed attention for
-    /// sequences no longer than the window; a window shorter than the context is refused where
-    /// a longer sequence would reach it.
+    /// The sliding window every layer uses (Mistral's `sliding_window`; `None` when it is not
+    /// shorter than the context). Per-layer windows (Qwen's `use_sliding_window`, `layer_types`)
+    /// are refused.
     pub sliding_window: Option<usize>,
     /// Number of labels of a `*ForSequenceClassification` head (1 for reward models).
     pub num_labels: Option<usize>,
@@ -216,7 +223,7 @@ pub const REFUSED: &[Refused] = &[
     Refused {
         key: "no_rope_layers",
         harmless: all_ones,
-        reason: "layers without rotary embedding (NoPE, SmolLM3) are not implemented",
+        reason: "layers without rotary embedding (NoPE) are implemented for smollm3 only",
     },
     Refused {
         key: "use_qk_norm",
@@ -474,13 +481,17 @@ impl ModelConfig {
                 f.err(
                     "model_type",
                     format!(
-                        "unsupported model type `{name}` (expected llama, mistral, qwen2, qwen3 or gpt2)"
+                        "unsupported model type `{name}` (expected llama, mistral, qwen2, qwen3, smollm3 or gpt2)"
                     ),
                 )
             })?,
             None => return Err(f.err("model_type", "required field is missing")),
         };
         for r in REFUSED {
+            // SmolLM3's NoPE layers are implemented.
+            if r.key == "no_rope_layers" && model_type == ModelType::SmolLM3 {
+                continue;
+            }
             if let Some(v) = map.get(r.key) {
                 if !(r.harmless)(v) {
                     return Err(f.err(r.key, format!("{v} is not supported: {}", r.reason)));
@@ -500,6 +511,11 @@ impl ModelConfig {
                 .collect()
         } else {
             GPT2_KEYS.to_vec()
+        };
+        let typed: Vec<&str> = if model_type == ModelType::SmolLM3 {
+            typed.into_iter().chain(["no_rope_layers"]).collect()
+        } else {
+            typed
         };
         let mut extra = Map::new();
         for (key, v) in map {
@@ -602,6 +618,7 @@ impl ModelConfig {
             qkv_bias,
             o_bias,
             qk_norm: model_type == ModelType::Qwen3,
+            nope_layers: Self::nope_layers_from(f, model_type, num_layers)?,
             tie_word_embeddings: f.bool_or("tie_word_embeddings", false)?,
             activation: Activation::Silu,
             bos_token_id: f.usize_opt("bos_token_id")?.map(|n| n as u32),
@@ -613,10 +630,51 @@ impl ModelConfig {
         })
     }
 
+    /// SmolLM3's layers without rotary embedding: `no_rope_layers[i] == 0`; absent, every
+    /// `no_rope_layer_interval`-th layer (default 4), as its config class derives it.
+    fn nope_layers_from(
+        f: &Fields,
+        model_type: ModelType,
+        num_layers: usize,
+    ) -> Result<Vec<usize>> {
+        if model_type != ModelType::SmolLM3 {
+            return Ok(vec![]);
+        }
+        let Some(v) = f.get("no_rope_layers") else {
+            let every = f.usize_opt("no_rope_layer_interval")?.unwrap_or(4);
+            if every == 0 {
+                return Err(f.err("no_rope_layer_interval", "must be positive"));
+            }
+            return Ok((0..num_layers).filter(|l| (l + 1) % every == 0).collect());
+        };
+        let flags = v
+            .as_array()
+            .filter(|a| a.len() == num_layers)
+            .ok_or_else(|| {
+                f.err(
+                    "no_rope_layers",
+                    format!("expected {num_layers} flags (1 = rotary, 0 = none), got {v}"),
+                )
+            })?;
+        let mut out = vec![];
+        for (i, x) in flags.iter().enumerate() {
+            match x.as_u64() {
+                Some(1) => {}
+                Some(0) => out.push(i),
+                _ => {
+                    return Err(f.err(
+                        &format!("no_rope_layers[{i}]"),
+                        format!("expected 0 or 1, got {x}"),
+                    ))
+                }
+            }
+        }
+        Ok(out)
+    }
+
     /// The window attention would use. Per-layer windows (`layer_types` with a
     /// `sliding_attention` layer, or Qwen's `use_sliding_window` reaching a layer at or above
-    /// `max_window_layers`) are refused; one window for every layer (Mistral) is kept, since full
-    /// attention equals it for sequences within the window.
+    /// `max_window_layers`) are refused; one window for every layer (Mistral) is implemented.
     fn sliding_window_from(
         f: &Fields,
         model_type: ModelType,
@@ -668,6 +726,17 @@ impl ModelConfig {
                     ));
                 }
                 Ok(None)
+            }
+            // SmolLM3's config class puts the window on its NoPE layers when none are listed.
+            ModelType::SmolLM3
+                if f.get("layer_types").is_none()
+                    && window.is_some()
+                    && f.bool_or("use_sliding_window", false)? =>
+            {
+                Err(f.err(
+                    "use_sliding_window",
+                    "per-layer sliding windows (on the NoPE layers) are not implemented",
+                ))
             }
             // Llama has no sliding window; a stray key is carried, not used.
             _ => Ok(None),
@@ -817,6 +886,7 @@ impl ModelConfig {
             qkv_bias: true,
             o_bias: true,
             qk_norm: false,
+            nope_layers: vec![],
             tie_word_embeddings: f.bool_or("tie_word_embeddings", true)?,
             activation: Activation::GeluNew,
             bos_token_id: f.usize_opt("bos_token_id")?.map(|n| n as u32),
@@ -942,11 +1012,20 @@ impl ModelConfig {
             m.insert("rms_norm_eps".into(), json!(self.norm_eps));
             m.insert("rope_parameters".into(), self.rope_parameters());
             m.insert("hidden_act".into(), json!("silu"));
-            if matches!(self.model_type, ModelType::Llama | ModelType::Qwen3) {
+            if matches!(
+                self.model_type,
+                ModelType::Llama | ModelType::Qwen3 | ModelType::SmolLM3
+            ) {
                 m.insert("attention_bias".into(), json!(self.qkv_bias));
             }
-            if self.model_type == ModelType::Llama {
+            if matches!(self.model_type, ModelType::Llama | ModelType::SmolLM3) {
                 m.insert("mlp_bias".into(), json!(false));
+            }
+            if self.model_type == ModelType::SmolLM3 {
+                let flags: Vec<u8> = (0..self.num_hidden_layers)
+                    .map(|l| u8::from(!self.nope_layers.contains(&l)))
+                    .collect();
+                m.insert("no_rope_layers".into(), json!(flags));
             }
             if self.model_type != ModelType::Llama {
                 // Written even when null: Mistral's config class defaults an absent window to 4096.
@@ -1241,6 +1320,28 @@ mod tests {
         );
         refused(json!({"hidden_act": "gelu"}), "hidden_act");
         refused(json!({"model_type": "gemma3"}), "model_type");
+    }
+
+    #[test]
+    fn smollm3_nope_layers_come_from_the_list_or_the_interval() {
+        let mut v = smollm_v5();
+        v["model_type"] = json!("smollm3");
+        v["num_hidden_layers"] = json!(8);
+        let c = parse(&v).unwrap();
+        assert_eq!(c.nope_layers, vec![3, 7]);
+        let out = c.to_json("SmolLM3ForCausalLM");
+        assert_eq!(out["no_rope_layers"], json!([1, 1, 1, 0, 1, 1, 1, 0]));
+        assert_eq!(parse(&out).unwrap(), c);
+        v["no_rope_layers"] = json!([1, 0, 1, 1, 1, 1, 1, 1]);
+        assert_eq!(parse(&v).unwrap().nope_layers, vec![1]);
+        v["no_rope_layers"] = json!([1, 0, 1]);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("`no_rope_layers`") && e.contains("8 flags"), "{e}");
+        // Other types do not implement NoPE layers.
+        v["model_type"] = json!("llama");
+        v["no_rope_layers"] = json!([1, 0, 1, 1, 1, 1, 1, 1]);
+        let e = parse(&v).unwrap_err().to_string();
+        assert!(e.contains("`no_rope_layers`"), "{e}");
     }
 
     #[test]

@@ -103,7 +103,10 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
     let tok = tiny_tokenizer();
     let is_gpt2 = cfg.model_type == ModelType::Gpt2;
     // `attention_bias` exists for Llama and Qwen3 only (Qwen2's biases are fixed, Mistral has none).
-    let own_bias = matches!(cfg.model_type, ModelType::Llama | ModelType::Qwen3);
+    let own_bias = matches!(
+        cfg.model_type,
+        ModelType::Llama | ModelType::Qwen3 | ModelType::SmolLM3
+    );
     let model = ModelConfig {
         model_type: cfg.model_type,
         vocab_size: tok.vocab.len(),
@@ -120,6 +123,7 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
         qkv_bias: is_gpt2 || cfg.model_type == ModelType::Qwen2 || (own_bias && cfg.attention_bias),
         o_bias: is_gpt2 || (own_bias && cfg.attention_bias),
         qk_norm: cfg.model_type == ModelType::Qwen3,
+        nope_layers: if cfg.model_type == ModelType::SmolLM3 { (0..cfg.layers).filter(|l| (l + 1) % 4 == 0).collect() } else { vec![] },
         tie_word_embeddings: cfg.tied,
         activation: if is_gpt2 {
             Activation::GeluNew

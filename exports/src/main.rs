@@ -23,7 +23,7 @@ struct Cli {
 enum Command {
     /// Write a small random model folder (config, weights, tokenizer) for tests and CI.
     Init(InitArgs),
-    /// Import a llama.cpp GGUF (Llama architecture) as a Hugging Face model folder: fp32
+    /// Import a llama.cpp GGUF (Llama or Qwen3 architecture) as a Hugging Face model folder: fp32
     /// safetensors, config, tokenizer and generation config.
     Import {
         /// The `.gguf` file.
@@ -131,6 +131,7 @@ enum Arch {
     Mistral,
     Qwen2,
     Qwen3,
+    Smollm3,
     Gpt2,
 }
 
@@ -187,6 +188,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 Arch::Mistral => ModelType::Mistral,
                 Arch::Qwen2 => ModelType::Qwen2,
                 Arch::Qwen3 => ModelType::Qwen3,
+                Arch::Smollm3 => ModelType::SmolLM3,
                 Arch::Gpt2 => ModelType::Gpt2,
             };
             let Preset::Tiny = a.preset;

@@ -4,8 +4,9 @@
 Folders (all written by transformers' own `save_pretrained`, fp32):
   * smollm2 — models/smollm2-135m-instruct loaded and saved again by transformers (what a user of
     transformers 5 has);
-  * tiny random Qwen3 (tied; untied with biases), Llama 3.2-style (llama3 rope scaling, tied),
-    Qwen2 and Mistral (the config classes' own context lengths, Mistral's default window 4096),
+  * tiny random Qwen3 (tied; untied with biases; a reward model), Llama 3.2-style (llama3 rope
+    scaling, tied), Qwen2 and Mistral (the config classes' own context lengths; Mistral's default
+    window 4096, and one with a window of 4 that the 9-token rows use),
     built by scripts/reference/hf5_reference.py's builders with exports init's tiny tokenizer.
 For each: `training eval --objective pairwise-cringe --cringe-k 1` against losses_reference.py
 (transformers; relative 1e-4), `exports onnx` in both flavors against transformers' logits
@@ -49,18 +50,18 @@ def run(cmd, **kw) -> subprocess.CompletedProcess:
     return subprocess.run([str(c) for c in cmd], capture_output=True, text=True, **kw)
 
 
-def check_eval(folder: Path, data: Path) -> None:
+def check_eval(folder: Path, data: Path, objective: str = "pairwise-cringe") -> None:
     ours = run([ROOT / "target/release/training", "eval", "--model", folder, "--data", data,
-                "--objective", "pairwise-cringe", "--cringe-k", "1", "--json"])
+                "--objective", objective, "--cringe-k", "1", "--json"])
     theirs = run([PY, ROOT / "scripts/reference/losses_reference.py", "--model", folder, "--data", data,
-                  "--objective", "pairwise-cringe"])
+                  "--objective", objective])
     if ours.returncode or theirs.returncode:
         report(False, f"{folder.name}: training eval / losses_reference failed:\n{ours.stderr[-2000:]}{theirs.stderr[-2000:]}")
         return
     got = json.loads(ours.stdout.strip().splitlines()[-1])
     want = json.loads(theirs.stdout.strip().splitlines()[-1])
     worst = max(abs(got[k] - w) / max(abs(w), 0.1) for k, w in want.items())
-    report(worst <= 1e-4, f"{folder.name}: training eval loss {got['loss']:.6f} vs transformers {want['loss']:.6f} "
+    report(worst <= 1e-4, f"{folder.name}: training eval --objective {objective} loss {got['loss']:.6f} vs transformers {want['loss']:.6f} "
                           f"(worst relative difference over {sorted(want)} {worst:.1e})")
 
 
@@ -114,6 +115,40 @@ def check_onnx(folder: Path, work: Path, low: int, genai: bool = True) -> None:
         shutil.rmtree(out, ignore_errors=True)
 
 
+def check_onnx_reward(folder: Path, work: Path) -> None:
+    """The reward head (`exports onnx --head reward`) in both flavors: each row's score against
+    transformers' *ForSequenceClassification."""
+    import onnxruntime as ort
+    from transformers import AutoModelForSequenceClassification
+
+    vocab = json.loads((folder / "config.json").read_text())["vocab_size"]
+    prompts = rows(vocab, 3)
+    model = AutoModelForSequenceClassification.from_pretrained(folder, dtype=torch.float32).eval()
+    with torch.no_grad():
+        want = [float(model(input_ids=torch.from_numpy(p)[None]).logits[0, 0]) for p in prompts]
+    for flavor in ("ort", "portable"):
+        out = work / f"{folder.name}-{flavor}"
+        r = run([ROOT / "target/release/exports", "onnx", "--model", folder, "--out", out, "--flavor", flavor,
+                 "--head", "reward"])
+        if r.returncode:
+            report(False, f"{folder.name}: exports onnx --head reward --flavor {flavor}: {r.stderr[-2000:]}")
+            continue
+        sess = ort.InferenceSession(str(out / "model.onnx"), providers=["CPUExecutionProvider"])
+        names = {i.name for i in sess.get_inputs()}
+        got = []
+        for p in prompts:
+            feeds = {"input_ids": p[None], "attention_mask": np.ones((1, len(p)), dtype=np.int64)}
+            if "position_ids" in names:
+                feeds["position_ids"] = np.arange(len(p), dtype=np.int64)[None]
+            for i in sess.get_inputs():
+                if i.name.startswith("past_key_values"):
+                    feeds[i.name] = np.zeros((1, i.shape[1], 0, i.shape[3]), dtype=np.float32)
+            got.append(float(sess.run(["score"], feeds)[0][0]))
+        d = max(abs(g - w) for g, w in zip(got, want))
+        report(d <= 1e-3, f"{folder.name}: exports onnx --head reward --flavor {flavor}: max |score - transformers| = {d:.2e}")
+        shutil.rmtree(out, ignore_errors=True)
+
+
 def check_fit(qwen3: Path, data: Path, work: Path) -> None:
     src = work / "qwen3_fit_src"
     shutil.copytree(qwen3, src)
@@ -161,7 +196,7 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     data = work / "pairs.jsonl"
     ref.write_pairs(data)
-    folders = []
+    folders = []  # (folder, lowest real token id, reward model?)
     if not a.skip_smollm2:
         if not SMOL.exists():
             report(False, f"{SMOL} is missing (run scripts/setup.sh)")
@@ -169,15 +204,19 @@ def main() -> int:
             out = work / "smollm2"
             AutoModelForCausalLM.from_pretrained(SMOL).save_pretrained(out)
             AutoTokenizer.from_pretrained(SMOL).save_pretrained(out)
-            folders.append((out, 17))
+            folders.append((out, 17, False))
     tok = ref.tiny_tokenizer(work)
     for i, (name, config) in enumerate(ref.case_configs(len(tok), small_context=False)):
         out = work / name
         ref.build(name, config, tok, out, seed=200 + i, dtype=torch.float32)
-        folders.append((out, 3))
-    for folder, low in folders:
-        check_eval(folder, data)
-        check_onnx(folder, work, low)
+        folders.append((out, 3, ref.is_reward(config)))
+    for folder, low, reward in folders:
+        if reward:
+            check_eval(folder, data, "reward")
+            check_onnx_reward(folder, work)
+        else:
+            check_eval(folder, data)
+            check_onnx(folder, work, low)
     check_fit(work / "qwen3_tied", data, work)
     print(f"{len(FAILED)} check(s) failed" if FAILED else "all checks passed")
     return 1 if FAILED else 0

@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Checkpoints as transformers 5 writes them: tiny random Qwen3, Llama 3.2-style, Qwen2 and Mistral
+"""Checkpoints as transformers 5 writes them: tiny random Qwen3, Llama 3.2-style, Qwen2, Mistral and SmolLM3
 models built and saved by transformers itself (not by `exports init`), with reference outputs.
 
 Each case is a folder written by `save_pretrained` of transformers (5.24 when these fixtures were
@@ -14,10 +14,11 @@ engine/tests/onnx_export.rs; CI does not need transformers):
                            tokenizer.json, tokenizer_config.json, chat_template.jinja)
   <case>.safetensors       input_ids [3,9], attention_mask [3,9] (full, left-padded, right-padded
                            rows), vocab_index [K], logits [3,9,K] (every 3rd vocabulary entry,
-                           padding positions zeroed), positions clamp(cumsum(mask) - 1, 0)
+                           padding positions zeroed), positions clamp(cumsum(mask) - 1, 0); or
+                           scores [3] for the reward model
   pairs.jsonl              the preference pairs of the reference loss
-  cases.json               per case: the transformers version, and the output of
-                           losses_reference.py --objective pairwise-cringe on pairs.jsonl
+  cases.json               per case: the head, the transformers version, and the output of
+                           losses_reference.py (--objective pairwise-cringe, or reward) on pairs.jsonl
 
 Usage: .venv/bin/python scripts/reference/hf5_reference.py
 The builders are also used by check_hf5_checkpoints.py (with fp32 weights and default sizes).
@@ -57,7 +58,7 @@ def common(vocab: int) -> dict:
 def case_configs(vocab: int, small_context: bool = True):
     """(name, config) of each case. `small_context=False` keeps the config classes' own context
     lengths (and Mistral's default sliding window of 4096), as a user's tiny model would have."""
-    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config
+    from transformers import LlamaConfig, MistralConfig, Qwen2Config, Qwen3Config, SmolLM3Config
 
     ctx = dict(max_position_embeddings=256) if small_context else {}
     c = common(vocab)
@@ -79,7 +80,20 @@ def case_configs(vocab: int, small_context: bool = True):
                                    tie_word_embeddings=True)),
         ("mistral_untied", MistralConfig(**c, **ctx, num_attention_heads=2, num_key_value_heads=1,
                                          tie_word_embeddings=False)),
+        # A sliding window shorter than the reference rows (9 tokens), so that it is used.
+        ("mistral_window4", MistralConfig(**c, **ctx, num_attention_heads=2, num_key_value_heads=1,
+                                          tie_word_embeddings=True, sliding_window=4)),
+        # SmolLM3: 4 layers, the 4th without rotary embedding (no_rope_layers derived by its config).
+        ("smollm3_tied", SmolLM3Config(**{**c, "num_hidden_layers": 4}, **ctx, num_attention_heads=2,
+                                       num_key_value_heads=1, tie_word_embeddings=True)),
+        # A reward model (Qwen3ForSequenceClassification, one label).
+        ("qwen3_reward", Qwen3Config(**c, **ctx, num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                                     num_labels=1, architectures=["Qwen3ForSequenceClassification"])),
     ]
+
+
+def is_reward(config) -> bool:
+    return (config.architectures or [""])[0].endswith("ForSequenceClassification")
 
 
 def exports_bin() -> Path:
@@ -99,10 +113,11 @@ def tiny_tokenizer(tmp: Path):
 
 def build(name: str, config, tok, out: Path, seed: int, dtype=torch.bfloat16) -> None:
     """A random model of `config` saved by transformers, with the tokenizer, into `out`."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
     torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32).eval()
+    cls = AutoModelForSequenceClassification if is_reward(config) else AutoModelForCausalLM
+    model = cls.from_config(config, dtype=torch.float32).eval()
     with torch.no_grad():
         for pname, p in model.named_parameters():
             # Norm weights (and biases) away from 1 (and 0): a model that forgets one differs.
@@ -127,19 +142,21 @@ def batch(vocab: int, seed: int):
     return ids, mask
 
 
-def hf_logits(folder: Path, ids: np.ndarray, mask: np.ndarray) -> torch.Tensor:
-    from transformers import AutoModelForCausalLM
+def hf_logits(folder: Path, ids: np.ndarray, mask: np.ndarray, reward: bool = False) -> torch.Tensor:
+    """Causal-LM logits [B,T,V], or reward scores [B,1] (pooled at the last non-pad token)."""
+    from transformers import AutoModelForCausalLM, AutoModelForSequenceClassification
 
-    model = AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
+    cls = AutoModelForSequenceClassification if reward else AutoModelForCausalLM
+    model = cls.from_pretrained(folder, dtype=torch.float32, attn_implementation="sdpa").eval()
     ids_t, mask_t = torch.from_numpy(ids), torch.from_numpy(mask)
     pos = (mask_t.cumsum(-1) - 1).clamp_min(0)
     with torch.no_grad():
         return model(input_ids=ids_t, attention_mask=mask_t, position_ids=pos).logits.float()
 
 
-def reference_loss(folder: Path, data: Path) -> dict:
+def reference_loss(folder: Path, data: Path, objective: str = "pairwise-cringe") -> dict:
     out = subprocess.run([sys.executable, str(LOSSES), "--model", str(folder), "--data", str(data),
-                          "--objective", "pairwise-cringe"], check=True, capture_output=True, text=True)
+                          "--objective", objective], check=True, capture_output=True, text=True)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -163,15 +180,22 @@ def main() -> int:
             folder = OUT / name
             build(name, config, tok, folder, seed=100 + i)
             ids, mask = batch(vocab, 100 + i)
-            logits = hf_logits(folder, ids, mask)
-            index = np.arange(0, vocab, VOCAB_STRIDE, dtype=np.int64)
-            picked = logits[:, :, torch.from_numpy(index)] * torch.from_numpy(mask)[:, :, None]
-            save_file({"input_ids": ids, "attention_mask": mask, "vocab_index": index,
-                       "logits": picked.numpy().copy()}, str(OUT / f"{name}.safetensors"))
-            loss = reference_loss(folder, OUT / "pairs.jsonl")
-            cases.append({"name": name, "model_type": config.model_type,
+            reward = is_reward(config)
+            out = hf_logits(folder, ids, mask, reward)
+            tensors = {"input_ids": ids, "attention_mask": mask}
+            if reward:
+                tensors["scores"] = out[:, 0].numpy().copy()
+            else:
+                index = np.arange(0, vocab, VOCAB_STRIDE, dtype=np.int64)
+                tensors["vocab_index"] = index
+                tensors["logits"] = (out[:, :, torch.from_numpy(index)]
+                                     * torch.from_numpy(mask)[:, :, None]).numpy().copy()
+            save_file(tensors, str(OUT / f"{name}.safetensors"))
+            objective = "reward" if reward else "pairwise-cringe"
+            loss = reference_loss(folder, OUT / "pairs.jsonl", objective)
+            cases.append({"name": name, "model_type": config.model_type, "head": "reward" if reward else "lm",
                           "transformers_version": transformers.__version__,
-                          "pairwise_cringe": loss})
+                          "objective": objective, "loss": loss})
             print(name, loss)
     (OUT / "cases.json").write_text(json.dumps({"cases": cases}, indent=2) + "\n")
     print(f"wrote {len(cases)} cases to {OUT}")

@@ -515,3 +515,46 @@ fn cut_responses_are_trained_without_the_closing_eos() {
         );
     }
 }
+
+/// A Qwen3 folder as transformers 5 saved it (training/tests/fixtures/hf5), with a key nobody
+/// knows added: one step of `fit` writes a `final/` whose config keeps that key and the file's
+/// bookkeeping keys, in the transformers 5 layout, and describes the same model.
+#[test]
+fn unknown_config_keys_survive_a_fit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/hf5/qwen3_tied");
+    let model = tmp.path().join("qwen3");
+    std::fs::create_dir_all(&model).unwrap();
+    for e in std::fs::read_dir(&src).unwrap() {
+        let e = e.unwrap();
+        std::fs::copy(e.path(), model.join(e.file_name())).unwrap();
+    }
+    let read = |p: &Path| -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(p.join("config.json")).unwrap()).unwrap()
+    };
+    let mut config = read(&model);
+    config["my_unknown_key"] = serde_json::json!({"kept": [1, 2, 3]});
+    std::fs::write(model.join("config.json"), config.to_string()).unwrap();
+    let data = write_data(tmp.path());
+    let mut cfg = fit_cfg(&model, &data, &tmp.path().join("run"));
+    cfg.max_steps = Some(1);
+    let summary = fit::run(&cfg).unwrap();
+    let written = read(&summary.final_dir);
+    for key in [
+        "my_unknown_key",
+        "layer_types",
+        "use_sliding_window",
+        "max_window_layers",
+        "initializer_range",
+        "head_dim",
+        "tie_word_embeddings",
+    ] {
+        assert_eq!(written[key], config[key], "{key}");
+    }
+    assert_eq!(written["rope_parameters"], config["rope_parameters"]);
+    assert_eq!(written["dtype"], "float32");
+    assert!(written.get("rope_theta").is_none() && written.get("torch_dtype").is_none());
+    let before = exports::ModelConfig::load(&model).unwrap();
+    let after = exports::ModelConfig::load(&summary.final_dir).unwrap();
+    assert_eq!(before, after);
+}

@@ -154,13 +154,21 @@ fn hf5_cases() -> Vec<Value> {
 
 /// Logits of the folder as transformers saved it (bf16 weights, a real transformers 5 config with
 /// `rope_parameters`, `dtype`, `layer_types` …) against transformers' own, within 1e-5.
-fn check_hf5_logits(name: &str) {
+fn check_hf5_logits(name: &str, head: Head) {
     let dir = hf5().join(name);
-    let (_vs, model) = training::weights::load_model(&dir, tch::Device::Cpu, Head::Lm)
+    let (_vs, model) = training::weights::load_model(&dir, tch::Device::Cpu, head)
         .unwrap_or_else(|e| panic!("{name}: {e:#}"));
     let fx = Checkpoint::load(&hf5().join(format!("{name}.safetensors"))).unwrap();
     let ids = common::fixture_tensor(&fx, "input_ids");
     let mask = common::fixture_tensor(&fx, "attention_mask");
+    if head == Head::Reward {
+        let want = common::fixture_tensor(&fx, "scores");
+        let _guard = tch::no_grad_guard();
+        let diff = common::max_abs_diff(&model.score(&ids, &mask), &want);
+        println!("{name}: max |score tch - transformers| = {diff:.3e}");
+        assert!(diff < TOLERANCE, "{name}: scores differ by {diff:e}");
+        return;
+    }
     let index = common::fixture_tensor(&fx, "vocab_index");
     let want = common::fixture_tensor(&fx, "logits");
     let _guard = tch::no_grad_guard();
@@ -181,7 +189,7 @@ fn check_hf5_loss(case: &Value) {
     use training::objectives::ObjectiveConfig;
     let name = case["name"].as_str().unwrap();
     let objective: ObjectiveConfig =
-        serde_json::from_value(serde_json::json!({"name": "pairwise-cringe"})).unwrap();
+        serde_json::from_value(serde_json::json!({"name": case["objective"]})).unwrap();
     let cfg = EvalConfig {
         model: hf5().join(name),
         data: vec![hf5().join("pairs.jsonl")],
@@ -197,7 +205,7 @@ fn check_hf5_loss(case: &Value) {
         seed: 0,
     };
     let got = serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap();
-    let want = case["pairwise_cringe"].as_object().expect("pairwise_cringe");
+    let want = case["loss"].as_object().expect("loss");
     for (k, w) in want {
         let (g, w) = (got[k].as_f64().unwrap_or(f64::NAN), w.as_f64().unwrap());
         assert!(
@@ -219,12 +227,20 @@ fn transformers5_checkpoints_match_transformers() {
             "qwen3_untied_bias",
             "llama32_tied",
             "qwen2_tied",
-            "mistral_untied"
+            "mistral_untied",
+            "mistral_window4",
+            "smollm3_tied",
+            "qwen3_reward"
         ]
     );
     for case in &cases {
         let name = case["name"].as_str().unwrap();
-        check_hf5_logits(name);
+        let head = match case["head"].as_str() {
+            Some("lm") => Head::Lm,
+            Some("reward") => Head::Reward,
+            other => panic!("{name}: head {other:?}"),
+        };
+        check_hf5_logits(name, head);
         check_hf5_loss(case);
     }
 }

@@ -1,6 +1,6 @@
-//! `exports import --gguf FILE --out DIR`: a llama.cpp GGUF (Llama architecture) to a Hugging Face
-//! model folder that transformers loads as `LlamaForCausalLM` with the same logits as its own GGUF
-//! loader: fp32 weights dequantized bit-identically to gguf-py, llama.cpp's Q/K row permutation
+//! `exports import --gguf FILE --out DIR`: a llama.cpp GGUF (Llama or Qwen3 architecture) to a
+//! Hugging Face model folder that transformers loads as `LlamaForCausalLM` / `Qwen3ForCausalLM`
+//! with the same logits as its own GGUF loader: fp32 weights dequantized bit-identically to gguf-py, llama.cpp's Q/K row permutation
 //! undone, config and tokenizer from the metadata.
 //!
 //! Everything is read, checked and converted in memory first; the folder is then written with
@@ -169,6 +169,7 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
         qkv_bias: false,
         o_bias: false,
         qk_norm: model_type == ModelType::Qwen3,
+        nope_layers: vec![],
         tie_word_embeddings: g.tensor("output.weight").is_none(),
         activation: Activation::Silu,
         bos_token_id: token_id("tokenizer.ggml.bos_token_id")?,
@@ -259,6 +260,7 @@ fn llama_probe() -> ModelConfig {
         qkv_bias: false,
         o_bias: false,
         qk_norm: false,
+        nope_layers: vec![],
         tie_word_embeddings: true,
         activation: Activation::Silu,
         bos_token_id: None,

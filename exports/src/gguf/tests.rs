@@ -98,6 +98,7 @@ fn tiny_config(vocab: usize, tied: bool) -> ModelConfig {
         qkv_bias: false,
         o_bias: false,
         qk_norm: false,
+        nope_layers: vec![],
         tie_word_embeddings: tied,
         activation: Activation::Silu,
         bos_token_id: Some(1),

@@ -13,13 +13,6 @@ pub fn genai_config(cfg: &ModelConfig, gqa: bool, filename: &str) -> Value {
         many => json!(many),
     };
     let pad = cfg.pad_token_id.or(cfg.eos_token_id());
-    // The graph attends fully, which equals a sliding window (Mistral's) only within the window,
-    // so generation is kept inside it.
-    let context = cfg
-        .sliding_window
-        .map_or(cfg.max_position_embeddings, |w| {
-            w.min(cfg.max_position_embeddings)
-        });
     // Llama-family types are known to onnxruntime-genai by their HF name; its `gpt2` type expects
     // combined `past_%d` tensors, so GPT-2 is declared as the generic `decoder`.
     let model_type = if cfg.model_type.is_llama_family() {
@@ -41,7 +34,7 @@ pub fn genai_config(cfg: &ModelConfig, gqa: bool, filename: &str) -> Value {
             "bos_token_id": cfg.bos_token_id,
             "eos_token_id": eos,
             "pad_token_id": pad,
-            "context_length": context,
+            "context_length": cfg.max_position_embeddings,
             "vocab_size": cfg.vocab_size,
             "type": model_type,
             "decoder": {
@@ -62,7 +55,7 @@ pub fn genai_config(cfg: &ModelConfig, gqa: bool, filename: &str) -> Value {
         },
         "search": {
             "do_sample": false, "top_k": 50, "top_p": 1.0, "temperature": 1.0, "repetition_penalty": 1.0,
-            "num_beams": 1, "num_return_sequences": 1, "max_length": context,
+            "num_beams": 1, "num_return_sequences": 1, "max_length": cfg.max_position_embeddings,
             "min_length": 0, "no_repeat_ngram_size": 0, "length_penalty": 1.0, "diversity_penalty": 0.0,
             "early_stopping": true,
             // GQA writes new keys in place at `seqlens_k`, so past and present may share one buffer;

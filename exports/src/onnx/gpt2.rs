@@ -76,7 +76,7 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, elem: Elem, head: HeadKind) -
     let mut x = g.add(&tok, &posv);
     g.set_scope("transformer/attn_mask");
     let actx = AttentionCtx {
-        allowed: layers::causal_padding_mask(&mut g, &inputs),
+        allowed: layers::causal_padding_mask(&mut g, &inputs, None),
         rotary: None,
     };
     let (mut keys, mut values) = (vec![], vec![]);

@@ -201,8 +201,14 @@ pub struct AttentionCtx {
     pub rotary: Option<(Value, Value)>,
 }
 
-/// `allowed[b,·,·,i,j] = attention_mask[b,j] = 1 ∧ j ≤ past + i`, where `past = T − S`.
-pub fn causal_padding_mask(g: &mut GraphBuilder, inputs: &DecoderInputs) -> Value {
+/// `allowed[b,·,·,i,j] = attention_mask[b,j] = 1 ∧ j ≤ past + i`, where `past = T − S`; with a
+/// sliding `window` also `j > past + i − window` (transformers' `sliding_window_overlay`, by
+/// cache index).
+pub fn causal_padding_mask(
+    g: &mut GraphBuilder,
+    inputs: &DecoderInputs,
+    window: Option<usize>,
+) -> Value {
     let t = dim_scalar(g, &inputs.attention_mask, 1);
     let s = dim_scalar(g, &inputs.input_ids, 1);
     let past = g.sub(&t, &s);
@@ -211,10 +217,16 @@ pub fn causal_padding_mask(g: &mut GraphBuilder, inputs: &DecoderInputs) -> Valu
     let keys = g.op("Range", &[&zero, &t, &one]).build();
     let queries = g.op("Range", &[&past, &t, &one]).build();
     let queries = g.unsqueeze(&queries, &[1]);
-    let causal = g
+    let mut causal = g
         .op("LessOrEqual", &[&keys, &queries])
         .elem(Elem::Bool)
         .build();
+    if let Some(w) = window {
+        let w = g.int_scalar(w as i64);
+        let lowest = g.sub(&queries, &w);
+        let inside = g.op("Greater", &[&keys, &lowest]).elem(Elem::Bool).build();
+        causal = g.op("And", &[&causal, &inside]).build();
+    }
     let pad = g.cast(&inputs.attention_mask, Elem::Bool);
     let pad = g.unsqueeze(&pad, &[1, 2, 3]);
     g.op("And", &[&causal, &pad]).build()

@@ -1,6 +1,10 @@
-//! The Llama family (Llama, Mistral, Qwen2) as an ONNX decoder with a KV cache, after transformers'
-//! `modeling_llama.py`: RMSNorm, rotary position embedding (`rotate_half` convention), grouped-query
-//! attention, SwiGLU MLP.
+//! The Llama family (Llama, Mistral, Qwen2, Qwen3) as an ONNX decoder with a KV cache, after
+//! transformers' `modeling_llama.py`: RMSNorm, rotary position embedding (`rotate_half`
+//! convention), grouped-query attention, SwiGLU MLP; Qwen3's per-head q/k RMSNorm before the
+//! rotary (with GQA: on `[B, S·N, head_dim]`, as onnxruntime-genai's builder places its
+//! `SimplifiedLayerNormalization`; here written as the standard-op pattern ONNX Runtime fuses into
+//! that kernel, so that onnx.checker accepts the graph); Mistral's sliding window in the mask
+//! (portable) or GQA's `local_window_size`.
 //!
 //! Each fusion of onnxruntime-genai's CPU form (ORT-GENAI-GRAPH.md §5) can be switched on alone
 //! ([`Fusions`]), so that each can be timed against the plain graph:
@@ -269,7 +273,7 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
                         qkv[i] = g.reshape(&normed, &[0, -1, width as i64]);
                     }
                 }
-                gqa(&mut g, cfg, &qkv, past, gi)
+                gqa(&mut g, cfg, &qkv, past, gi, !cfg.nope_layers.contains(&l))
             }
             Attn::Portable(pc) => {
                 let mut q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
@@ -280,8 +284,14 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
                 }
                 let v = g.reshape(&qkv[2], &[0, 0, nkv as i64, hd as i64]);
                 let (cos, sin) = pc.rotary.as_ref().expect("llama has rotary");
-                let q = layers::apply_rotary(&mut g, &q, cos, sin, hd);
-                let k = layers::apply_rotary(&mut g, &k, cos, sin, hd);
+                let (q, k) = if cfg.nope_layers.contains(&l) {
+                    (q, k)
+                } else {
+                    (
+                        layers::apply_rotary(&mut g, &q, cos, sin, hd),
+                        layers::apply_rotary(&mut g, &k, cos, sin, hd),
+                    )
+                };
                 layers::attention(&mut g, cfg, [&q, &k, &v], past, pc)
             }
         };
@@ -378,7 +388,7 @@ fn portable_ctx(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> Atte
     let sin = g.unsqueeze(&sin, &[2]);
     g.set_scope("model/attn_mask");
     AttentionCtx {
-        allowed: layers::causal_padding_mask(g, inputs),
+        allowed: layers::causal_padding_mask(g, inputs, cfg.sliding_window),
         rotary: Some((cos, sin)),
     }
 }
@@ -434,24 +444,33 @@ fn gqa(
     qkv: &[Value],
     past: [&Value; 2],
     gi: &GqaInputs,
+    rotary: bool,
 ) -> layers::AttentionOut {
     let mut op = g.op("GroupQueryAttention", &[&qkv[0]]).domain(MS);
     op = match qkv {
         [_, k, v] => op.input(k).input(v),
         _ => op.skip_input().skip_input(),
     };
-    let mut outs = op
+    op = op
         .input(past[0])
         .input(past[1])
         .input(&gi.seqlens_k)
-        .input(&gi.total)
-        .input(&gi.cos)
-        .input(&gi.sin)
+        .input(&gi.total);
+    // A NoPE layer (SmolLM3) attends without rotary: no caches, `do_rotary = 0`.
+    if rotary {
+        op = op.input(&gi.cos).input(&gi.sin);
+    }
+    let mut outs = op
         .attr("num_heads", cfg.num_attention_heads as i64)
         .attr("kv_num_heads", cfg.num_key_value_heads as i64)
         .attr("scale", 1.0 / (cfg.head_dim as f32).sqrt())
-        .attr("local_window_size", -1i64)
-        .attr("do_rotary", 1i64)
+        // The same window as transformers' (checked against it: `w` keys including the query's
+        // own), as onnxruntime-genai's builder writes it.
+        .attr(
+            "local_window_size",
+            cfg.sliding_window.map_or(-1, |w| w as i64),
+        )
+        .attr("do_rotary", i64::from(rotary))
         .attr("rotary_interleaved", 0i64)
         .build_n(3);
     let present_value = outs.pop().expect("three outputs");

@@ -120,14 +120,21 @@ impl AttnMask {
     /// key left to attend to and SDPA would return NaN for it, which poisons gradients even when
     /// the position is masked out of the loss; so every query may also attend to itself. For a real
     /// token the diagonal is already allowed, so real positions are unaffected.
-    pub fn new(mask: &Tensor) -> AttnMask {
+    ///
+    /// With a sliding `window` (Mistral), query `i` sees keys `j` with `i - window < j ≤ i`, as
+    /// transformers' `sliding_window_overlay` (by index, like its cache positions).
+    pub fn new(mask: &Tensor, window: Option<usize>) -> AttnMask {
         let keep = mask.ne(0);
-        if keep.all().to_kind(Kind::Int64).int64_value(&[]) != 0 {
+        let t = mask.size()[1];
+        let window = window.filter(|&w| (w as i64) < t);
+        if window.is_none() && keep.all().to_kind(Kind::Int64).int64_value(&[]) != 0 {
             return AttnMask::Causal;
         }
-        let t = mask.size()[1];
         let opts = (Kind::Bool, mask.device());
-        let causal = Tensor::ones([t, t], opts).tril(0);
+        let mut causal = Tensor::ones([t, t], opts).tril(0);
+        if let Some(w) = window {
+            causal = causal.logical_and(&Tensor::ones([t, t], opts).tril(-(w as i64)).logical_not());
+        }
         let eye = Tensor::eye(t, opts);
         let keys = keep.unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
         AttnMask::Explicit(causal.logical_and(&keys).logical_or(&eye))
@@ -214,7 +221,7 @@ mod tests {
     #[test]
     fn padding_queries_attend_to_themselves_only() {
         let mask = Tensor::from_slice(&[0i64, 1, 1]).view([1, 3]);
-        let AttnMask::Explicit(m) = AttnMask::new(&mask) else {
+        let AttnMask::Explicit(m) = AttnMask::new(&mask, None) else {
             panic!("padding needs an explicit mask")
         };
         let got: Vec<bool> = Vec::try_from(m.flatten(0, -1)).unwrap();
@@ -224,7 +231,7 @@ mod tests {
                         false, true, true];
         assert_eq!(got, want);
         assert!(matches!(
-            AttnMask::new(&Tensor::ones([2, 3], (Kind::Int64, tch::Device::Cpu))),
+            AttnMask::new(&Tensor::ones([2, 3], (Kind::Int64, tch::Device::Cpu)), None),
             AttnMask::Causal
         ));
     }

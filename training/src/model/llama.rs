@@ -4,8 +4,9 @@
 //!
 //! Qwen2 differs only by biases on q/k/v (and Llama's optional `attention_bias` adds o_proj's);
 //! Qwen3 adds a per-head RMSNorm of q and k (`q_norm`, `k_norm`, `[head_dim]`) after the
-//! projections and before the rotary embedding, as `modeling_qwen3.py` does;
-//! Mistral's sliding window is not applied (full attention equals it for sequences within the window).
+//! projections and before the rotary embedding, as `modeling_qwen3.py` does; SmolLM3 skips the
+//! rotary embedding on its NoPE layers (`no_rope_layers`);
+//! Mistral's sliding window is applied in the attention mask.
 
 use tch::Tensor;
 
@@ -22,6 +23,8 @@ struct Attention {
     o_proj: Linear,
     /// Qwen3's per-head norms of q and k.
     qk_norm: Option<(RmsNorm, RmsNorm)>,
+    /// False on SmolLM3's NoPE layers.
+    rope: bool,
     heads: i64,
     kv_heads: i64,
     head_dim: i64,
@@ -36,8 +39,11 @@ impl Attention {
             Some((qn, kn)) => (qn.forward(&q), kn.forward(&k)),
             None => (q, k),
         };
-        let q = apply_rotary(&q, cos, sin);
-        let k = apply_rotary(&k, cos, sin);
+        let (q, k) = if self.rope {
+            (apply_rotary(&q, cos, sin), apply_rotary(&k, cos, sin))
+        } else {
+            (q, k)
+        };
         let groups = self.heads / self.kv_heads;
         let k = repeat_kv(&k, groups);
         let v = repeat_kv(&v, groups);
@@ -115,6 +121,7 @@ impl Llama {
                     } else {
                         None
                     },
+                    rope: !cfg.nope_layers.contains(&l),
                     heads: cfg.num_attention_heads as i64,
                     kv_heads: cfg.num_key_value_heads as i64,
                     head_dim: cfg.head_dim as i64,

@@ -189,13 +189,6 @@ impl Model {
                 ids[1]
             );
         }
-        // Attention here is full; it equals Mistral's sliding window only within the window.
-        if let Some(w) = self.cfg.sliding_window.filter(|&w| ids[1] > w as i64) {
-            bail!(
-                "sequence length {} exceeds the sliding window of {w}, which this model does not implement",
-                ids[1]
-            );
-        }
         let (lo, hi) = (
             input_ids.min().int64_value(&[]),
             input_ids.max().int64_value(&[]),
@@ -223,7 +216,7 @@ impl Model {
         self.checked(input_ids, attention_mask);
         let mask = attention_mask.to_kind(Kind::Int64);
         let positions = positions_from_mask(&mask);
-        let attn = AttnMask::new(&mask);
+        let attn = AttnMask::new(&mask, self.cfg.sliding_window);
         match &self.backbone {
             Backbone::Llama(m) => m.hidden_states(input_ids, &positions, &attn),
             Backbone::Gpt2(m) => m.hidden_states(input_ids, &positions, &attn),
