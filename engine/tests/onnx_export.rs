@@ -384,8 +384,9 @@ fn transformers5_checkpoints_export_to_transformers_logits() {
             let mut cfg = OnnxExportConfig::new(hf5.join(name), tmp.path().join("onnx"));
             cfg.flavor = Some(flavor);
             export(&cfg).unwrap_or_else(|e| panic!("{name} {flavor:?}: {e:#}"));
-            let mut s = DecoderSession::load(rt, &tmp.path().join("onnx"), &SessionOptions::default())
-                .unwrap();
+            let mut s =
+                DecoderSession::load(rt, &tmp.path().join("onnx"), &SessionOptions::default())
+                    .unwrap();
             let mut worst = 0.0f32;
             for r in 0..b {
                 let real: Vec<usize> = (0..t).filter(|&j| mask[r * t + j] == 1).collect();

@@ -176,7 +176,9 @@ fn null_or_true(v: &Value) -> bool {
     v.is_null() || v == &json!(true)
 }
 fn all_ones(v: &Value) -> bool {
-    v.is_null() || v.as_array().is_some_and(|a| a.iter().all(|x| x.as_f64() == Some(1.0)))
+    v.is_null()
+        || v.as_array()
+            .is_some_and(|a| a.iter().all(|x| x.as_f64() == Some(1.0)))
 }
 
 pub const REFUSED: &[Refused] = &[
@@ -843,10 +845,7 @@ impl ModelConfig {
         }) = &scaling
         {
             if high_freq_factor <= low_freq_factor {
-                return Err(rope.err(
-                    "high_freq_factor",
-                    "must be larger than low_freq_factor",
-                ));
+                return Err(rope.err("high_freq_factor", "must be larger than low_freq_factor"));
             }
         }
         Ok((theta, scaling))
@@ -1230,14 +1229,18 @@ mod tests {
         c["rope_scaling"] = json!({"rope_type": "linear", "factor": 2.0});
         let mut d = smollm();
         d.as_object_mut().unwrap().remove("rope_theta");
-        d["rope_parameters"] = json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0});
+        d["rope_parameters"] =
+            json!({"rope_type": "linear", "factor": 2.0, "rope_theta": 100000.0});
         assert_eq!(parse(&c).unwrap(), parse(&d).unwrap());
         let mut e = smollm();
         e["rope_parameters"] = json!({"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
             "high_freq_factor": 4.0});
         assert!(matches!(
             parse(&e).unwrap().rope_scaling,
-            Some(RopeScaling::Llama3 { original_max_position_embeddings: 8192, .. })
+            Some(RopeScaling::Llama3 {
+                original_max_position_embeddings: 8192,
+                ..
+            })
         ));
     }
 
@@ -1264,7 +1267,12 @@ mod tests {
     #[test]
     fn every_refused_key_names_itself() {
         let bad = |r: &Refused| -> Value {
-            for v in [json!(true), json!(8), json!({"quant_method": "gptq"}), json!([0, 1])] {
+            for v in [
+                json!(true),
+                json!(8),
+                json!({"quant_method": "gptq"}),
+                json!([0, 1]),
+            ] {
                 if !(r.harmless)(&v) {
                     return v;
                 }
@@ -1336,7 +1344,10 @@ mod tests {
         assert_eq!(parse(&v).unwrap().nope_layers, vec![1]);
         v["no_rope_layers"] = json!([1, 0, 1]);
         let e = parse(&v).unwrap_err().to_string();
-        assert!(e.contains("`no_rope_layers`") && e.contains("8 flags"), "{e}");
+        assert!(
+            e.contains("`no_rope_layers`") && e.contains("8 flags"),
+            "{e}"
+        );
         // Other types do not implement NoPE layers.
         v["model_type"] = json!("llama");
         v["no_rope_layers"] = json!([1, 0, 1, 1, 1, 1, 1, 1]);

@@ -123,7 +123,11 @@ pub fn init(cfg: &InitConfig, out: &Path) -> Result<ModelConfig> {
         qkv_bias: is_gpt2 || cfg.model_type == ModelType::Qwen2 || (own_bias && cfg.attention_bias),
         o_bias: is_gpt2 || (own_bias && cfg.attention_bias),
         qk_norm: cfg.model_type == ModelType::Qwen3,
-        nope_layers: if cfg.model_type == ModelType::SmolLM3 { (0..cfg.layers).filter(|l| (l + 1) % 4 == 0).collect() } else { vec![] },
+        nope_layers: if cfg.model_type == ModelType::SmolLM3 {
+            (0..cfg.layers).filter(|l| (l + 1) % 4 == 0).collect()
+        } else {
+            vec![]
+        },
         tie_word_embeddings: cfg.tied,
         activation: if is_gpt2 {
             Activation::GeluNew

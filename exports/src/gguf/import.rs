@@ -136,7 +136,9 @@ pub fn config_from_gguf(g: &GgufFile) -> Result<ModelConfig> {
     let context = g.get_usize(&key("context_length"))?;
     let rope_scaling = match (rope_scaling, g.tensor(ROPE_FREQS)) {
         (s, None) => s,
-        (None, Some(t)) => llama3_from_rope_freqs(g, &g.dequantize(t)?, rope_theta, head_dim, context)?,
+        (None, Some(t)) => {
+            llama3_from_rope_freqs(g, &g.dequantize(t)?, rope_theta, head_dim, context)?
+        }
         (Some(_), Some(_)) => {
             return Err(g.err(format!(
                 "both {} and a `{ROPE_FREQS}` tensor: two rope scalings",

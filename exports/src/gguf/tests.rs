@@ -183,7 +183,10 @@ fn synthetic_arch(tied: bool, arch: &str, extra: &[(&str, Vec<f32>)]) -> Synthet
         .kv(&k("attention.head_count_kv"), Value::U32(2))
         .kv(&k("rope.freq_base"), Value::F32(100000.0))
         .kv(&k("attention.layer_norm_rms_epsilon"), Value::F32(1e-5))
-        .kv(&k("rope.dimension_count"), Value::U32(config.head_dim as u32))
+        .kv(
+            &k("rope.dimension_count"),
+            Value::U32(config.head_dim as u32),
+        )
         .kv("tokenizer.ggml.model", s("gpt2"))
         .kv("tokenizer.ggml.pre", s("smollm"))
         .kv(
@@ -565,7 +568,9 @@ fn synthetic_qwen3_imports_exactly() {
     assert_eq!(summary.config.head_dim, 32);
     assert_eq!(ModelConfig::load(&out).unwrap(), syn.config);
     let back = Checkpoint::load(&out).unwrap();
-    assert!(back.tensors.contains_key("model.layers.1.self_attn.k_norm.weight"));
+    assert!(back
+        .tensors
+        .contains_key("model.layers.1.self_attn.k_norm.weight"));
     for (name, t) in &syn.hf.tensors {
         assert_eq!(&back.tensors[name], t, "{name} differs after import");
     }
@@ -573,7 +578,14 @@ fn synthetic_qwen3_imports_exactly() {
 
 /// What llama.cpp's `convert_hf_to_gguf.py` (LlamaModel.generate_extra_tensors) writes as
 /// `rope_freqs.weight` for a llama3 `rope_scaling`, transcribed from it.
-fn converter_rope_factors(theta: f64, dim: usize, factor: f64, low: f64, high: f64, old: f64) -> Vec<f32> {
+fn converter_rope_factors(
+    theta: f64,
+    dim: usize,
+    factor: f64,
+    low: f64,
+    high: f64,
+    old: f64,
+) -> Vec<f32> {
     (0..dim / 2)
         .map(|j| {
             let freq = 1.0 / theta.powf((2 * j) as f64 / dim as f64);
@@ -595,7 +607,7 @@ fn converter_rope_factors(theta: f64, dim: usize, factor: f64, low: f64, high: f
 fn llama3_rope_freqs_tensor_becomes_llama3_scaling_or_is_refused() {
     // head_dim 16, theta 1e5: wavelengths 6.3 … 3.1e4 straddle 8192/4 and 8192.
     let factors = converter_rope_factors(100000.0, 16, 32.0, 1.0, 4.0, 8192.0);
-    assert!(factors.iter().any(|&f| f == 1.0) && factors.iter().any(|&f| f == 32.0));
+    assert!(factors.contains(&1.0) && factors.contains(&32.0));
     let syn = synthetic_arch(true, "llama", &[("rope_freqs.weight", factors)]);
     let tmp = tempfile::tempdir().unwrap();
     let gguf = write(tmp.path(), "l3.gguf", &syn.bytes);

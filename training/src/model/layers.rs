@@ -133,7 +133,8 @@ impl AttnMask {
         let opts = (Kind::Bool, mask.device());
         let mut causal = Tensor::ones([t, t], opts).tril(0);
         if let Some(w) = window {
-            causal = causal.logical_and(&Tensor::ones([t, t], opts).tril(-(w as i64)).logical_not());
+            causal =
+                causal.logical_and(&Tensor::ones([t, t], opts).tril(-(w as i64)).logical_not());
         }
         let eye = Tensor::eye(t, opts);
         let keys = keep.unsqueeze(1).unsqueeze(1); // [B, 1, 1, T]
