@@ -15,134 +15,25 @@
 //! `IoBinding::bind_input` copies borrowed tensors, which would copy the whole cache every step.
 
 use std::ffi::{c_char, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use anyhow::{anyhow, bail, Context, Result};
 use exports::TokenId;
 use ort::memory::MemoryInfo;
 use ort::session::Session;
-use ort::value::{Shape, TensorElementType, TensorRefMut, ValueType};
+use ort::value::{Shape, TensorElementType, TensorRefMut};
 use ort::AsPointer;
 
-use super::config::Device;
-use super::kv::KvCache;
+use super::kv::SlotCache;
 use crate::runtime::Runtime;
-
-/// How the graph keeps its cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheForm {
-    /// GroupQueryAttention with past and present sharing one buffer.
-    SharedKv,
-    /// Standard attention, `present = concat(past, new)`, with `position_ids`.
-    Concat,
-}
-
-/// What the graph's inputs and outputs say about the model.
-#[derive(Debug, Clone)]
-pub struct ModelIo {
-    pub layers: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-    pub form: CacheForm,
-    /// `logits` is `[batch, 1, vocab]` (exported with `--last-logits-only`).
-    pub last_logits_only: bool,
-}
-
-impl ModelIo {
-    /// Read the cache form and dimensions from the session's declared inputs and outputs.
-    pub fn discover(session: &Session, model: &Path) -> Result<Self> {
-        let input = |name: &str| session.inputs().iter().find(|i| i.name() == name);
-        let output = |name: &str| session.outputs().iter().find(|o| o.name() == name);
-        for name in ["input_ids", "attention_mask"] {
-            if input(name).is_none() {
-                bail!(
-                    "{}: graph has no `{name}` input; not a decoder export",
-                    model.display()
-                );
-            }
-        }
-        let layers = (0..)
-            .take_while(|i| input(&format!("past_key_values.{i}.key")).is_some())
-            .count();
-        if layers == 0 {
-            bail!(
-                "{}: graph has no `past_key_values.0.key` input; export it with a KV cache",
-                model.display()
-            );
-        }
-        let dims = |ty: &ValueType, what: &str| -> Result<Vec<i64>> {
-            match ty {
-                ValueType::Tensor { ty, shape, .. } => {
-                    if *ty != TensorElementType::Float32 {
-                        bail!("{}: `{what}` is {ty:?}; the engine runs fp32 graphs (export with --dtype fp32)", model.display());
-                    }
-                    Ok(shape.iter().copied().collect())
-                }
-                other => bail!("{}: `{what}` is not a tensor ({other:?})", model.display()),
-            }
-        };
-        let kv = dims(
-            input("past_key_values.0.key")
-                .expect("counted above")
-                .dtype(),
-            "past_key_values.0.key",
-        )?;
-        let fixed = |d: i64, what: &str| -> Result<usize> {
-            usize::try_from(d).map_err(|_| {
-                anyhow!(
-                    "{}: `past_key_values.0.key` has a symbolic {what}",
-                    model.display()
-                )
-            })
-        };
-        if kv.len() != 4 {
-            bail!(
-                "{}: `past_key_values.0.key` has rank {}, expected 4",
-                model.display(),
-                kv.len()
-            );
-        }
-        let logits = output("logits")
-            .ok_or_else(|| anyhow!("{}: graph has no `logits` output", model.display()))?;
-        let l = dims(logits.dtype(), "logits")?;
-        if l.len() != 3 || l[2] <= 0 {
-            bail!(
-                "{}: `logits` must be [batch, seq, vocab] with a fixed vocab, got {l:?}",
-                model.display()
-            );
-        }
-        for i in 0..layers {
-            for kind in ["key", "value"] {
-                if output(&format!("present.{i}.{kind}")).is_none() {
-                    bail!(
-                        "{}: graph has no `present.{i}.{kind}` output",
-                        model.display()
-                    );
-                }
-            }
-        }
-        Ok(ModelIo {
-            layers,
-            kv_heads: fixed(kv[1], "kv_heads")?,
-            head_dim: fixed(kv[3], "head_dim")?,
-            vocab: l[2] as usize,
-            form: if input("position_ids").is_some() {
-                CacheForm::Concat
-            } else {
-                CacheForm::SharedKv
-            },
-            last_logits_only: l[1] == 1,
-        })
-    }
-}
+use crate::session::{kv_names, CacheForm, GraphIo, HeadOutput, SessionOptions};
 
 /// Settings of one backend (one device).
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub model: PathBuf,
-    pub threads: usize,
-    pub device: Device,
+    /// Device, threads and CUDA options of the session.
+    pub session: SessionOptions,
     pub slots: usize,
     /// Longest sequence (prompt + generated) the cache must ever hold.
     pub max_len: usize,
@@ -164,8 +55,9 @@ pub struct Stash {
 
 pub struct Backend {
     session: Session,
-    pub io: ModelIo,
-    cache: KvCache,
+    pub io: GraphIo,
+    vocab: usize,
+    cache: SlotCache,
     input_names: Vec<CString>,
     output_names: Vec<CString>,
     mem: MemoryInfo<'static>,
@@ -236,35 +128,21 @@ impl Feed<'_> {
 
 impl Backend {
     pub fn load(rt: &Runtime, cfg: &BackendConfig) -> Result<Self> {
-        let path = cfg.model.join(exports::onnx::MODEL_FILE);
-        if !path.is_file() {
+        let (session, io) = crate::session::open(rt, &cfg.model, &cfg.session)?;
+        let model = cfg.model.display();
+        let vocab = match (io.head, io.vocab) {
+            (HeadOutput::Score, _) => bail!(
+                "{model}: a reward model (output `score`) cannot generate; pass a language model"
+            ),
+            (_, None) => bail!("{model}: `logits` has no fixed vocabulary size"),
+            (_, Some(v)) => v,
+        };
+        if io.kv_type != TensorElementType::Float32 {
             bail!(
-                "{}: not found (export the model with `exports onnx`)",
-                path.display()
+                "{model}: the cache is {:?}; generation runs fp32 graphs (export with --dtype fp32)",
+                io.kv_type
             );
         }
-        let mut builder = Session::builder(&rt.env)
-            .map_err(ort_err("creating a session builder"))?
-            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-            .map_err(|e| anyhow!("setting the optimization level: {e}"))?
-            .with_intra_threads(cfg.threads)
-            .map_err(|e| anyhow!("setting {} threads: {e}", cfg.threads))?;
-        if let Device::Cuda(id) = cfg.device {
-            let ep = ort::ep::CUDA::default()
-                .with_device_id(id as i32)
-                .build()
-                .error_on_failure();
-            builder = builder.with_execution_providers([ep]).map_err(|e| {
-                anyhow!(
-                    "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
-                     this needs an onnxruntime build with CUDA (onnxruntime-gpu) and a visible GPU"
-                )
-            })?;
-        }
-        let session = builder
-            .commit_from_file(&path)
-            .with_context(|| format!("loading {}", path.display()))?;
-        let io = ModelIo::discover(&session, &cfg.model)?;
         let mut input_names = vec![c"input_ids".to_owned(), c"attention_mask".to_owned()];
         if io.form == CacheForm::Concat {
             input_names.push(c"position_ids".to_owned());
@@ -272,12 +150,12 @@ impl Backend {
         let mut output_names = vec![c"logits".to_owned()];
         for kind in ["key", "value"] {
             for i in 0..io.layers {
-                input_names
-                    .push(CString::new(format!("past_key_values.{i}.{kind}")).expect("no NUL"));
-                output_names.push(CString::new(format!("present.{i}.{kind}")).expect("no NUL"));
+                let (past, present) = kv_names(kind, i);
+                input_names.push(CString::new(past).expect("no NUL"));
+                output_names.push(CString::new(present).expect("no NUL"));
             }
         }
-        let cache = KvCache::new(
+        let cache = SlotCache::new(
             io.layers,
             cfg.slots,
             io.kv_heads,
@@ -286,7 +164,8 @@ impl Backend {
         );
         Ok(Backend {
             session,
-            logits: vec![0.0; cfg.slots * io.vocab],
+            logits: vec![0.0; cfg.slots * vocab],
+            vocab,
             prefill_logits: Vec::new(),
             past_scratch: vec![Vec::new(); 2 * io.layers],
             present_scratch: vec![Vec::new(); 2 * io.layers],
@@ -296,6 +175,11 @@ impl Backend {
             output_names,
             mem: MemoryInfo::default(),
         })
+    }
+
+    /// Vocabulary size (the width of each logits row).
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 
     pub fn slots(&self) -> usize {
@@ -314,8 +198,12 @@ impl Backend {
         let p = ids.len();
         assert!(p > 0, "prefill of an empty prompt; this is a bug");
         self.ensure_capacity(p + 1);
-        let v = self.io.vocab;
-        let rows = if self.io.last_logits_only { 1 } else { p };
+        let v = self.vocab;
+        let rows = if self.io.head == HeadOutput::LastLogits {
+            1
+        } else {
+            p
+        };
         self.prefill_logits.resize(rows * v, 0.0);
         let mut input_ids: Vec<i64> = ids.iter().map(|t| t.as_i64()).collect();
         let mut mask = vec![1i64; p];
@@ -367,7 +255,7 @@ impl Backend {
     /// Whether [`Backend::prefill_rows`] can run: a shared KV buffer (slots are contiguous) and a
     /// graph that picks each row's last real token (so right padding does not matter).
     pub fn can_prefill_rows(&self) -> bool {
-        self.io.form == CacheForm::SharedKv && self.io.last_logits_only
+        self.io.form == CacheForm::SharedKv && self.io.head == HeadOutput::LastLogits
     }
 
     /// Prefill `prompts[i]` into slot `first + i`, all in one run with right padding; returns
@@ -392,7 +280,7 @@ impl Backend {
             "prefill of an empty prompt; this is a bug"
         );
         self.ensure_capacity(p + 1);
-        let v = self.io.vocab;
+        let v = self.vocab;
         self.prefill_logits.resize(b * v, 0.0);
         let mut input_ids = vec![0i64; b * p];
         let mut mask = vec![0i64; b * p];
@@ -442,7 +330,7 @@ impl Backend {
             CacheForm::SharedKv => self.decode_shared(rows, &mut input_ids, longest)?,
             CacheForm::Concat => self.decode_concat(rows, &mut input_ids, longest)?,
         }
-        Ok(&self.logits[..b * self.io.vocab])
+        Ok(&self.logits[..b * self.vocab])
     }
 
     /// Shared form, right padding: row b holds its pos_b cached tokens, then the new one; GQA
@@ -455,7 +343,7 @@ impl Backend {
         longest: usize,
     ) -> Result<()> {
         let b = rows.len();
-        let v = self.io.vocab;
+        let v = self.vocab;
         let (kvh, hd, cap) = (
             self.cache.kv_heads,
             self.cache.head_dim,
@@ -492,7 +380,7 @@ impl Backend {
         t: usize,
     ) -> Result<()> {
         let b = rows.len();
-        let v = self.io.vocab;
+        let v = self.vocab;
         let (kvh, hd, cap) = (
             self.cache.kv_heads,
             self.cache.head_dim,

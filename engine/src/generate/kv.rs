@@ -2,7 +2,7 @@
 //! The slot is the outermost dimension so that one slot's region is contiguous (a prefill binds a
 //! view of it), and a slot's first `n` positions are `kv_heads` runs of `n · head_dim` floats.
 
-pub struct KvCache {
+pub struct SlotCache {
     /// Keys of layers 0..L, then values of layers 0..L (the graph's input order).
     pub bufs: Vec<Vec<f32>>,
     pub slots: usize,
@@ -11,7 +11,7 @@ pub struct KvCache {
     pub capacity: usize,
 }
 
-impl KvCache {
+impl SlotCache {
     pub fn new(
         layers: usize,
         slots: usize,
@@ -20,7 +20,7 @@ impl KvCache {
         capacity: usize,
     ) -> Self {
         let n = slots * kv_heads * capacity * head_dim;
-        KvCache {
+        SlotCache {
             bufs: (0..2 * layers).map(|_| vec![0.0; n]).collect(),
             slots,
             kv_heads,
@@ -96,7 +96,7 @@ impl KvCache {
 mod tests {
     use super::*;
 
-    fn filled(cache: &mut KvCache) {
+    fn filled(cache: &mut SlotCache) {
         for (b, buf) in cache.bufs.iter_mut().enumerate() {
             for (i, x) in buf.iter_mut().enumerate() {
                 *x = (b * 10_000 + i) as f32;
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn growing_keeps_each_slot_and_head_at_its_positions() {
-        let mut c = KvCache::new(1, 2, 2, 3, 4);
+        let mut c = SlotCache::new(1, 2, 2, 3, 4);
         filled(&mut c);
         let before = c.save_prefix(1, 4);
         c.grow(7);
@@ -117,7 +117,7 @@ mod tests {
 
     #[test]
     fn prefix_copies_move_only_the_first_positions_of_every_head() {
-        let mut c = KvCache::new(2, 3, 2, 2, 5);
+        let mut c = SlotCache::new(2, 3, 2, 2, 5);
         filled(&mut c);
         let untouched = c.save_prefix(2, 5);
         c.copy_prefix(0, 2, 3);

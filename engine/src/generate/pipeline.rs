@@ -162,8 +162,11 @@ pub fn run_stage(
         rt,
         &BackendConfig {
             model: cfg.model.clone(),
-            threads: cfg.threads(),
-            device,
+            session: crate::session::SessionOptions {
+                device,
+                threads: cfg.threads(),
+                ..Default::default()
+            },
             slots: cfg.batch_size,
             max_len: ctx.context,
         },
