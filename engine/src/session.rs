@@ -71,6 +71,24 @@ pub struct CudaOptions {
     pub mem_limit: Option<usize>,
 }
 
+/// `--cuda-mem-limit`: bytes, or a number with a `K`, `M` or `G` suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1usize << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (bytes, or with K, M or G)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("`{s}`: a size must be positive"));
+    }
+    Ok((n * unit as f64) as usize)
+}
+
 /// How to build a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
@@ -209,6 +227,9 @@ pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Ses
     if let Device::Cuda(id) = opts.device {
         let mut ep = ort::ep::CUDA::default()
             .with_device_id(id as i32)
+            // fp32 graphs compute in fp32: TF32 matmuls would move logits by ~1e-3 relative,
+            // past `engine verify`'s bound; half-precision exports are the fast path on GPUs.
+            .with_tf32(false)
             .with_cuda_graph(opts.cuda.cuda_graph);
         if let Some(limit) = opts.cuda.mem_limit {
             ep = ep.with_memory_limit(limit);

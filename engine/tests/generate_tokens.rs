@@ -38,6 +38,7 @@ fn generate(r: &Run<'_>, prompts: &[Vec<TokenId>]) -> Vec<Finished> {
             },
             slots: r.slots,
             max_len: 256,
+            fixed_shape: false,
         },
     )
     .unwrap();

@@ -37,6 +37,66 @@ pub struct BackendConfig {
     pub slots: usize,
     /// Longest sequence (prompt + generated) the cache must ever hold.
     pub max_len: usize,
+    /// Decode with fixed shapes: every step runs all slots over the full capacity (allocated
+    /// once, `max_len`), with the ids and mask kept in buffers that persist between steps and
+    /// change only where a row moved. What CUDA graphs need (static shapes and addresses);
+    /// implied by `session.cuda.cuda_graph`.
+    pub fixed_shape: bool,
+}
+
+/// Bytes moved between the host and the session's device, the backend's copy counter.
+///
+/// Counted where bytes cross: the step inputs the host writes (ids, mask, positions), the logits
+/// it reads back, and the KV cache whenever it is bound from memory that is not the session's
+/// device (host memory under a CUDA session is copied in and out by ONNX Runtime on every run).
+/// On the CPU execution provider host memory *is* the device, so the cache moves nothing.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub to_device: u64,
+    pub from_device: u64,
+    /// Bytes of KV cache among the two above.
+    pub cache: u64,
+}
+
+impl std::ops::AddAssign for Transfers {
+    fn add_assign(&mut self, o: Transfers) {
+        self.to_device += o.to_device;
+        self.from_device += o.from_device;
+        self.cache += o.cache;
+    }
+}
+
+/// The copy counter over a backend's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferLog {
+    pub prefill: Transfers,
+    pub decode: Transfers,
+    pub decode_steps: u64,
+    /// The latest decode step alone.
+    pub last_decode: Transfers,
+}
+
+impl TransferLog {
+    /// Mean bytes per decode step, (to device, from device, of which cache).
+    pub fn per_decode_step(&self) -> (f64, f64, f64) {
+        let n = self.decode_steps.max(1) as f64;
+        (
+            self.decode.to_device as f64 / n,
+            self.decode.from_device as f64 / n,
+            self.decode.cache as f64 / n,
+        )
+    }
+}
+
+impl std::fmt::Display for TransferLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (to, from, cache) = self.per_decode_step();
+        write!(
+            f,
+            "host↔device per decode step: {to:.0} B in, {from:.0} B out, {cache:.0} B of them KV cache ({} steps); prefill {} B in, {} B out",
+            self.decode_steps, self.prefill.to_device, self.prefill.from_device
+        )
+    }
 }
 
 /// One row of a decode step: feed `token` at position `pos` (= tokens already cached).
@@ -68,6 +128,19 @@ pub struct Backend {
     /// Scratch for the concat form: gathered past and produced present.
     past_scratch: Vec<Vec<f32>>,
     present_scratch: Vec<Vec<f32>>,
+    /// Whether the cache memory is the session's device memory (see [`Transfers`]).
+    cache_on_device: bool,
+    transfers: TransferLog,
+    /// Fixed-shape decode: `[slots]` ids and `[slots, capacity]` mask that persist between
+    /// steps, with each slot's current mask length.
+    fixed: Option<FixedStep>,
+}
+
+/// The persistent step inputs of fixed-shape decoding.
+struct FixedStep {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    mask_len: Vec<usize>,
 }
 
 fn ort_err(what: &str) -> impl FnOnce(ort::Error) -> anyhow::Error + '_ {
@@ -155,13 +228,36 @@ impl Backend {
                 output_names.push(CString::new(present).expect("no NUL"));
             }
         }
-        let cache = SlotCache::new(
-            io.layers,
-            cfg.slots,
-            io.kv_heads,
-            io.head_dim,
-            cfg.max_len.min(64),
-        );
+        let fixed_shape = cfg.fixed_shape || cfg.session.cuda.cuda_graph;
+        if fixed_shape && io.form != CacheForm::SharedKv {
+            bail!(
+                "{model}: fixed-shape decoding (--fixed-shape, --cuda-graph) needs an `ort`-flavor export (GroupQueryAttention, shared KV buffer)"
+            );
+        }
+        let capacity = if fixed_shape {
+            cfg.max_len
+        } else {
+            cfg.max_len.min(64)
+        };
+        let cache_bytes = 2 * io.layers * cfg.slots * io.kv_heads * capacity * io.head_dim * 4;
+        if let Some(limit) = cfg.session.cuda.mem_limit {
+            // The budget is the CUDA allocator's arena limit: the cache must leave room for
+            // weights and activations, so refuse before any work when it alone takes half.
+            if cache_bytes > limit / 2 {
+                bail!(
+                    "{model}: a KV cache of {} slots × {capacity} positions takes {:.2} GiB, more than half of --cuda-mem-limit {:.2} GiB; use fewer --batch-size slots",
+                    cfg.slots,
+                    cache_bytes as f64 / (1u64 << 30) as f64,
+                    limit as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        let cache = SlotCache::new(io.layers, cfg.slots, io.kv_heads, io.head_dim, capacity);
+        let fixed = fixed_shape.then(|| FixedStep {
+            ids: vec![0; cfg.slots],
+            mask: vec![0; cfg.slots * capacity],
+            mask_len: vec![0; cfg.slots],
+        });
         Ok(Backend {
             session,
             logits: vec![0.0; cfg.slots * vocab],
@@ -174,7 +270,25 @@ impl Backend {
             input_names,
             output_names,
             mem: MemoryInfo::default(),
+            cache_on_device: cfg.session.device == crate::session::Device::Cpu,
+            transfers: TransferLog::default(),
+            fixed,
         })
+    }
+
+    /// The copy counter so far.
+    pub fn transfers(&self) -> TransferLog {
+        self.transfers
+    }
+
+    /// Cache bytes bound by a run over `rows` slots at the current capacity, per direction:
+    /// zero when the cache is device memory.
+    fn cache_traffic(&self, rows: usize) -> u64 {
+        if self.cache_on_device {
+            return 0;
+        }
+        let c = &self.cache;
+        (c.bufs.len() * rows * c.kv_heads * c.capacity * c.head_dim * 4) as u64
     }
 
     /// Vocabulary size (the width of each logits row).
@@ -190,6 +304,11 @@ impl Backend {
     pub fn ensure_capacity(&mut self, len: usize) {
         if len > self.cache.capacity {
             self.cache.grow(len.max(self.cache.capacity * 2));
+            if let Some(f) = &mut self.fixed {
+                // A new capacity is a new mask layout: rewrite every row at the next step.
+                f.mask = vec![0; self.cache.slots * self.cache.capacity];
+                f.mask_len.fill(0);
+            }
         }
     }
 
@@ -241,6 +360,21 @@ impl Backend {
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
+        let step_inputs = if self.io.form == CacheForm::Concat {
+            3
+        } else {
+            2
+        };
+        let cache = match self.io.form {
+            CacheForm::SharedKv => self.cache_traffic(1),
+            CacheForm::Concat if self.cache_on_device => 0,
+            CacheForm::Concat => (self.present_scratch.len() * kvh * p * hd * 4) as u64,
+        };
+        self.transfers.prefill += Transfers {
+            to_device: (step_inputs * p * 8) as u64 + cache,
+            from_device: (rows * v * 4) as u64 + cache,
+            cache: 2 * cache,
+        };
         if self.io.form == CacheForm::Concat {
             for (buf, scratch) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
                 for h in 0..kvh {
@@ -309,6 +443,12 @@ impl Backend {
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
+        let cache = self.cache_traffic(b);
+        self.transfers.prefill += Transfers {
+            to_device: (2 * b * p * 8) as u64 + cache,
+            from_device: (b * v * 4) as u64 + cache,
+            cache: 2 * cache,
+        };
         Ok(&self.prefill_logits[..b * v])
     }
 
@@ -349,6 +489,9 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        if self.fixed.is_some() {
+            return self.decode_fixed(rows);
+        }
         let total = longest + 1;
         let mut mask = vec![0i64; b * total];
         for (i, r) in rows.iter().enumerate() {
@@ -366,8 +509,78 @@ impl Backend {
                 feed.floats(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
                 feed.output(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
             }
-            run(&self.session, &self.input_names, &self.output_names, &feed).context("decode step")
+            run(&self.session, &self.input_names, &self.output_names, &feed)
+                .context("decode step")?;
         }
+        let cache = self.cache_traffic(b);
+        self.count_decode(Transfers {
+            to_device: (b * 8 + b * total * 8) as u64 + cache,
+            from_device: (b * v * 4) as u64 + cache,
+            cache: 2 * cache,
+        });
+        Ok(())
+    }
+
+    fn count_decode(&mut self, t: Transfers) {
+        self.transfers.decode += t;
+        self.transfers.decode_steps += 1;
+        self.transfers.last_decode = t;
+    }
+
+    /// Fixed-shape form: every slot, the full capacity. Rows past `rows.len()` are idle like
+    /// `None` rows. The mask keeps each slot's ones from the last step, so a step writes only
+    /// the entries that changed (one per moving row) and the new ids.
+    fn decode_fixed(&mut self, rows: &[Option<StepRow>]) -> Result<()> {
+        let v = self.vocab;
+        let (slots, kvh, hd, cap) = (
+            self.cache.slots,
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let f = self.fixed.as_mut().expect("fixed-shape decode");
+        let mut written = 0usize;
+        for i in 0..slots {
+            let row = rows.get(i).copied().flatten();
+            let id = row.map_or(0, |r| r.token.as_i64());
+            if f.ids[i] != id {
+                f.ids[i] = id;
+                written += 8;
+            }
+            let n = row.map_or(1, |r| r.pos + 1);
+            let old = f.mask_len[i];
+            let line = &mut f.mask[i * cap..(i + 1) * cap];
+            if n > old {
+                line[old..n].fill(1);
+            } else {
+                line[n..old].fill(0);
+            }
+            written += n.abs_diff(old) * 8;
+            f.mask_len[i] = n;
+        }
+        let mem = self.mem.clone();
+        let (ids, mask) = (f.ids.as_mut_ptr(), f.mask.as_mut_ptr());
+        // SAFETY: as in `prefill`; the fixed buffers are not touched until `run` returns.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, ids, &[slots, 1])?;
+            feed.ints(&mem, mask, &[slots, cap])?;
+            feed.output(&mem, self.logits.as_mut_ptr(), &[slots, 1, v])?;
+            for buf in self.cache.bufs.iter_mut() {
+                feed.floats(&mem, buf.as_mut_ptr(), &[slots, kvh, cap, hd])?;
+                feed.output(&mem, buf.as_mut_ptr(), &[slots, kvh, cap, hd])?;
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed)
+                .context("decode step (fixed shape)")?;
+        }
+        let cache = self.cache_traffic(slots);
+        // Only the rows the scheduler asked for are read back.
+        self.count_decode(Transfers {
+            to_device: written as u64 + cache,
+            from_device: (rows.len() * v * 4) as u64 + cache,
+            cache: 2 * cache,
+        });
+        Ok(())
     }
 
     /// Concat form: gather a right-padded past `[b, kv, T, hd]` (T = longest cached length), feed
@@ -432,6 +645,19 @@ impl Backend {
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
         }
+        // The gathered past and the produced present are host scratch: device memory on CPU,
+        // a copy each way under any other execution provider.
+        let (past, present) = if self.cache_on_device {
+            (0, 0)
+        } else {
+            let n = (self.past_scratch.len() * b * kvh * hd * 4) as u64;
+            (n * t as u64, n * (t as u64 + 1))
+        };
+        self.count_decode(Transfers {
+            to_device: (b * 8 + b * (t + 1) * 8 + b * 8) as u64 + past,
+            from_device: (b * v * 4) as u64 + present,
+            cache: past + present,
+        });
         for (buf, present) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
             for (i, r) in rows.iter().enumerate() {
                 let Some(r) = r else { continue };

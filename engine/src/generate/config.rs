@@ -90,6 +90,12 @@ pub struct GenerateConfig {
     /// Intra-op threads; `None` or 0 = physical cores (`session::resolve_threads`).
     pub threads: Option<usize>,
     pub devices: Vec<Device>,
+    /// CUDA execution provider options (CUDA graphs, the allocator's memory limit).
+    pub cuda: crate::session::CudaOptions,
+    /// Fixed-shape decode steps (implied by `cuda.cuda_graph`); see `backend::BackendConfig`.
+    pub fixed_shape: bool,
+    /// Add the copy counter (host↔device bytes per decode step) to the summary.
+    pub verbose: bool,
     pub chat_template: ChatTemplateMode,
     pub resume: bool,
     pub skip_invalid: bool,
@@ -121,6 +127,9 @@ impl GenerateConfig {
             batch_size: 16,
             threads: None,
             devices: vec![Device::Cpu],
+            cuda: crate::session::CudaOptions::default(),
+            fixed_shape: false,
+            verbose: false,
             chat_template: ChatTemplateMode::Auto,
             resume: false,
             skip_invalid: false,

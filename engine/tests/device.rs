@@ -1,0 +1,206 @@
+//! The generation backend's device paths: the copy counter and fixed-shape decoding on the CPU
+//! execution provider (always run), and generation and reward scoring on another device compared
+//! with the CPU (run when `PCO_TEST_DEVICE` names one, e.g. `cuda:0`, as `scripts/gpu-check`
+//! sets it; `PCO_TEST_DEVICE=cpu` runs them CPU against CPU, as its dry run does). Without the
+//! variable those tests print why they skip and say so in their name's output.
+
+mod generate_common;
+
+use engine::generate::backend::{Backend, BackendConfig, StepRow};
+use engine::session::{Device, SessionOptions};
+use exports::{TokenId, Tokenizer};
+use generate_common::*;
+
+/// The device under test, or `None` (printing the reason) when none is named.
+fn device_under_test(test: &str) -> Option<Device> {
+    match std::env::var("PCO_TEST_DEVICE") {
+        Ok(d) => Some(d.parse().unwrap_or_else(|e| panic!("PCO_TEST_DEVICE: {e}"))),
+        Err(_) => {
+            eprintln!(
+                "SKIPPED {test}: PCO_TEST_DEVICE is not set (no GPU named; scripts/gpu-check sets it)"
+            );
+            None
+        }
+    }
+}
+
+fn backend(model: &std::path::Path, device: Device, slots: usize, fixed_shape: bool) -> Backend {
+    Backend::load(
+        runtime(),
+        &BackendConfig {
+            model: model.to_path_buf(),
+            session: SessionOptions {
+                device,
+                threads: 1,
+                ..SessionOptions::default()
+            },
+            slots,
+            max_len: 128,
+            fixed_shape,
+        },
+    )
+    .unwrap()
+}
+
+fn argmax(row: &[f32]) -> TokenId {
+    let mut best = 0;
+    for (i, x) in row.iter().enumerate() {
+        if *x > row[best] {
+            best = i;
+        }
+    }
+    TokenId(best as u32)
+}
+
+/// Greedy decoding of three prompts side by side, by hand; returns every step's logits and, per
+/// step, the copy counter of that step.
+fn greedy_steps(
+    b: &mut Backend,
+    prompts: &[Vec<TokenId>],
+    steps: usize,
+) -> (Vec<Vec<f32>>, Vec<engine::generate::backend::Transfers>) {
+    let v = b.vocab();
+    let mut rows: Vec<Option<StepRow>> = Vec::new();
+    let mut logits = Vec::new();
+    for (slot, p) in prompts.iter().enumerate() {
+        let l = b.prefill(slot, p).unwrap().to_vec();
+        rows.push(Some(StepRow {
+            token: argmax(&l),
+            pos: p.len(),
+        }));
+        logits.push(l);
+    }
+    let mut counts = Vec::new();
+    for _ in 0..steps {
+        let out = b.decode(&rows).unwrap().to_vec();
+        counts.push(b.transfers().last_decode);
+        for (i, r) in rows.iter_mut().enumerate() {
+            let r = r.as_mut().unwrap();
+            r.token = argmax(&out[i * v..(i + 1) * v]);
+            r.pos += 1;
+        }
+        logits.push(out);
+    }
+    (logits, counts)
+}
+
+fn three_prompts(m: &Models) -> Vec<Vec<TokenId>> {
+    let tok = Tokenizer::load(&m.ort).unwrap();
+    prompts(3)
+        .iter()
+        .map(|p| tok.prompt_ids(&p.to_prompt()).unwrap())
+        .collect()
+}
+
+#[test]
+fn steady_state_decode_moves_only_ids_and_logits_rows() {
+    let m = models(41);
+    let prompts = three_prompts(&m);
+    let rows = prompts.len() as u64;
+    let mut b = backend(&m.ort, Device::Cpu, 4, true);
+    let v = b.vocab() as u64;
+    let (_, counts) = greedy_steps(&mut b, &prompts, 6);
+    for (step, t) in counts.iter().enumerate().skip(1) {
+        // Per moving row: its new id (8 bytes) and one mask entry turned on (8 bytes); nothing
+        // of the cache; the logits rows asked for (f32).
+        assert!(
+            t.to_device <= rows * 16,
+            "step {step}: {} bytes in, more than ids + one mask entry per row ({})",
+            t.to_device,
+            rows * 16
+        );
+        assert_eq!(t.from_device, rows * v * 4, "step {step}: logits rows out");
+        assert_eq!(t.cache, 0, "step {step}: the cache is device memory on CPU");
+    }
+    // The variable-shape step sends the whole mask, [rows, longest + 1] i64, and the ids.
+    let mut b = backend(&m.ort, Device::Cpu, 4, false);
+    let (_, counts) = greedy_steps(&mut b, &prompts, 3);
+    let longest = prompts.iter().map(|p| p.len()).max().unwrap() as u64;
+    let last = counts[2];
+    assert_eq!(last.to_device, rows * 8 + rows * (longest + 3) * 8);
+    assert_eq!(last.from_device, rows * v * 4);
+    assert_eq!(last.cache, 0);
+}
+
+#[test]
+fn fixed_shape_decode_gives_the_same_logits_bit_for_bit() {
+    let m = models(42);
+    let prompts = three_prompts(&m);
+    let mut fixed = backend(&m.ort, Device::Cpu, 4, true);
+    let mut variable = backend(&m.ort, Device::Cpu, 4, false);
+    let (a, _) = greedy_steps(&mut fixed, &prompts, 8);
+    let (b, _) = greedy_steps(&mut variable, &prompts, 8);
+    assert_eq!(a.len(), b.len());
+    for (step, (x, y)) in a.iter().zip(&b).enumerate() {
+        let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+        assert!(
+            same,
+            "step {step}: fixed-shape logits differ from variable-shape ones"
+        );
+    }
+}
+
+#[test]
+fn generation_on_the_device_matches_the_cpu() {
+    let Some(device) = device_under_test("generation_on_the_device_matches_the_cpu") else {
+        return;
+    };
+    let m = models(43);
+    let prompts = three_prompts(&m);
+    let mut cpu = backend(&m.ort, Device::Cpu, 4, false);
+    let mut dev = backend(&m.ort, device, 4, false);
+    let (a, _) = greedy_steps(&mut cpu, &prompts, 8);
+    let (b, _) = greedy_steps(&mut dev, &prompts, 8);
+    let mut max = 0f32;
+    for (x, y) in a.iter().zip(&b) {
+        for (p, q) in x.iter().zip(y) {
+            max = max.max((p - q).abs());
+        }
+    }
+    // fp32 on both (TF32 off): kernels differ only in summation order.
+    assert!(
+        max <= 1e-3,
+        "{device} vs cpu: max |Δ logit| = {max:e} > 1e-3"
+    );
+    eprintln!("{device} vs cpu: max |Δ logit| = {max:e} over 8 greedy steps of 3 prompts");
+    let t = dev.transfers();
+    eprintln!("{device}: {t}");
+}
+
+#[test]
+fn full_step_session_on_the_device_matches_the_cpu() {
+    let Some(device) = device_under_test("full_step_session_on_the_device_matches_the_cpu") else {
+        return;
+    };
+    let m = models(44);
+    let mut cpu =
+        engine::session::DecoderSession::load(runtime(), &m.portable, &SessionOptions::default())
+            .unwrap();
+    let mut dev = engine::session::DecoderSession::load(
+        runtime(),
+        &m.portable,
+        &SessionOptions {
+            device,
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap();
+    let prompts = three_prompts(&m);
+    let mut max = 0f32;
+    for p in &prompts {
+        let ids: Vec<i64> = p.iter().map(|t| t.as_i64()).collect();
+        let mask = vec![1i64; ids.len()];
+        let mut c1 = cpu.new_cache(1).unwrap();
+        let mut c2 = dev.new_cache(1).unwrap();
+        let a = cpu.forward(&ids, 1, ids.len(), &mask, &mut c1).unwrap();
+        let b = dev.forward(&ids, 1, ids.len(), &mask, &mut c2).unwrap();
+        for (x, y) in a.data.iter().zip(&b.data) {
+            max = max.max((x - y).abs());
+        }
+    }
+    assert!(
+        max <= 1e-3,
+        "{device} vs cpu full-sequence logits: max |Δ| = {max:e} > 1e-3"
+    );
+    eprintln!("{device} vs cpu (the session reward scoring and verify use): max |Δ| = {max:e}");
+}
