@@ -21,7 +21,7 @@ use std::str::FromStr;
 
 use anyhow::{anyhow, bail, ensure, Context, Result};
 use exports::onnx::MODEL_FILE;
-use ort::session::builder::GraphOptimizationLevel;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
@@ -200,15 +200,9 @@ pub fn kv_names(kind: &str, i: usize) -> (String, String) {
     )
 }
 
-/// Build a session for `dir/model.onnx` (weights in `model.onnx.data` beside it) on
-/// `opts.device`, and discover its I/O. The one place the engine builds sessions.
-pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Session, GraphIo)> {
-    let file = dir.join(MODEL_FILE);
-    ensure!(
-        file.is_file(),
-        "{}: no such file (not a folder written by `exports onnx`)",
-        file.display()
-    );
+/// The one session builder: execution provider for `opts.device` (with its CUDA options),
+/// intra-op threads, graph optimisation level.
+pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilder> {
     let level = if opts.optimize {
         GraphOptimizationLevel::All
     } else {
@@ -243,7 +237,19 @@ pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Ses
                 )
             })?;
     }
-    let session = builder
+    Ok(builder)
+}
+
+/// Build a session for `dir/model.onnx` (weights in `model.onnx.data` beside it) with
+/// [`builder`], and discover its I/O.
+pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Session, GraphIo)> {
+    let file = dir.join(MODEL_FILE);
+    ensure!(
+        file.is_file(),
+        "{}: no such file (not a folder written by `exports onnx`)",
+        file.display()
+    );
+    let session = builder(runtime, opts)?
         .commit_from_file(&file)
         .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
     let io =

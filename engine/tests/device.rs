@@ -7,6 +7,7 @@
 mod generate_common;
 
 use engine::generate::backend::{Backend, BackendConfig, StepRow};
+use engine::generate::device::MoverChoice;
 use engine::session::{Device, SessionOptions};
 use exports::{TokenId, Tokenizer};
 use generate_common::*;
@@ -37,6 +38,7 @@ fn backend(model: &std::path::Path, device: Device, slots: usize, fixed_shape: b
             slots,
             max_len: 128,
             fixed_shape,
+            mover: Default::default(),
         },
     )
     .unwrap()
@@ -203,4 +205,81 @@ fn full_step_session_on_the_device_matches_the_cpu() {
         "{device} vs cpu full-sequence logits: max |Δ| = {max:e} > 1e-3"
     );
     eprintln!("{device} vs cpu (the session reward scoring and verify use): max |Δ| = {max:e}");
+}
+
+/// The moves a GPU makes (the copy graph: `Identity` nodes on the session's execution provider)
+/// give the same bytes as host `memcpy`: prefix copies, a stash and its restore, and a re-layout
+/// to a larger capacity, then decoding on from the copies.
+#[test]
+fn copies_through_the_device_graph_equal_host_copies() {
+    let m = models(45);
+    let prompts = three_prompts(&m);
+    let run = |model: &std::path::Path, mover: MoverChoice| {
+        let mut b = Backend::load(
+            runtime(),
+            &BackendConfig {
+                model: model.to_path_buf(),
+                session: SessionOptions {
+                    threads: 1,
+                    ..SessionOptions::default()
+                },
+                slots: 6,
+                max_len: 256,
+                fixed_shape: false,
+                mover,
+            },
+        )
+        .unwrap();
+        assert_eq!(b.copies_on_device_graph(), mover == MoverChoice::Graph);
+        let (mut logits, _) = greedy_steps(&mut b, &prompts, 3);
+        // Slot 3 ← slot 0's prompt + 3 steps; slot 4 ← a stash of slot 1; then grow past 64.
+        let len0 = prompts[0].len() + 3;
+        b.copy_prefix(0, 3, len0);
+        let len1 = prompts[1].len() + 3;
+        let stash = b.stash(1, len1);
+        b.unstash(&stash, 4);
+        b.ensure_capacity(200).unwrap();
+        let v = b.vocab();
+        let last = logits.last().unwrap().clone();
+        let tok = |row: usize| argmax(&last[row * v..(row + 1) * v]);
+        // Slots 0 and 1 decode their own next step beside their copies in slots 3 and 4.
+        let r0 = Some(StepRow {
+            token: tok(0),
+            pos: len0,
+        });
+        let r1 = Some(StepRow {
+            token: tok(1),
+            pos: len1,
+        });
+        let rows = vec![r0, r1, None, r0, r1];
+        logits.push(b.decode(&rows).unwrap().to_vec());
+        logits
+    };
+    // The concat form (portable export) gathers and scatters with moves on every step.
+    let portable_host = run(&m.portable, MoverChoice::Auto);
+    let portable_graph = run(&m.portable, MoverChoice::Graph);
+    let host = run(&m.ort, MoverChoice::Auto);
+    let graph = run(&m.ort, MoverChoice::Graph);
+    for (a, b) in [(&host, &graph), (&portable_host, &portable_graph)] {
+        assert_eq!(a.len(), b.len());
+        for (step, (x, y)) in a.iter().zip(b).enumerate() {
+            let same =
+                x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
+            assert!(
+                same,
+                "step {step}: the copy graph's bytes differ from memcpy's"
+            );
+        }
+    }
+    // The copies decode exactly as their sources (rows of a step are independent).
+    let v = host[0].len();
+    let copied = host.last().unwrap();
+    assert!(
+        copied[..v] == copied[3 * v..4 * v],
+        "slot 3 does not continue slot 0"
+    );
+    assert!(
+        copied[v..2 * v] == copied[4 * v..5 * v],
+        "slot 4 does not continue slot 1"
+    );
 }

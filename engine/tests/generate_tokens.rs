@@ -39,6 +39,7 @@ fn generate(r: &Run<'_>, prompts: &[Vec<TokenId>]) -> Vec<Finished> {
             slots: r.slots,
             max_len: 256,
             fixed_shape: false,
+            mover: Default::default(),
         },
     )
     .unwrap();

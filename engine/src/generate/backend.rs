@@ -11,20 +11,27 @@
 //!   same slot buffers, but each step gathers a right-padded past, and the new column is copied back.
 //!   Simpler and slower; it is what GPT-2 exports need.
 //!
-//! Sessions are driven through the C API's `Run` with caller-owned output values: `ort`'s safe
-//! `IoBinding::bind_input` copies borrowed tensors, which would copy the whole cache every step.
+//! Where the bytes live: the slot cache and the concat form's scratch are ONNX Runtime
+//! allocations in the session's device memory ([`super::device`]), bound in place as inputs and
+//! outputs; slot copies (shared prefill, beam reorder, stashes) are device-to-device moves. A
+//! step moves only its inputs (ids, mask, positions) in and the logits rows out, which the copy
+//! counter ([`Transfers`]) counts. The same code runs on CPU, where device memory is host memory.
+//!
+//! Sessions are driven through the C API's `Run` with caller-owned values (IoBinding's job, done
+//! per run): `ort`'s safe `IoBinding::bind_input` clones borrowed tensors, which would copy the
+//! whole cache every step.
 
-use std::ffi::{c_char, CStr, CString};
+use std::ffi::CString;
 use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use exports::TokenId;
 use ort::memory::MemoryInfo;
 use ort::session::Session;
-use ort::value::{Shape, TensorElementType, TensorRefMut};
-use ort::AsPointer;
+use ort::value::TensorElementType;
 
-use super::kv::SlotCache;
+use super::device::{run, DeviceBuffer, DeviceMemory, Feed, Move, MoverChoice, Place};
+use super::kv::{SavedPrefix, SlotCache};
 use crate::runtime::Runtime;
 use crate::session::{kv_names, CacheForm, GraphIo, HeadOutput, SessionOptions};
 
@@ -42,6 +49,9 @@ pub struct BackendConfig {
     /// change only where a row moved. What CUDA graphs need (static shapes and addresses);
     /// implied by `session.cuda.cuda_graph`.
     pub fixed_shape: bool,
+    /// How device copies run: `Auto` (memcpy where device memory is host memory, else a copy
+    /// graph on the device); `Graph` forces the copy graph (tests of the GPU path on CPU).
+    pub mover: MoverChoice,
 }
 
 /// Bytes moved between the host and the session's device, the backend's copy counter.
@@ -109,7 +119,7 @@ pub struct StepRow {
 /// Prompt-length cache contents and last logits of one prefill, kept so that samples of the
 /// prompt admitted later (when no slot was free) need not prefill again.
 pub struct Stash {
-    pub kv: Vec<Vec<f32>>,
+    saved: SavedPrefix,
     pub len: usize,
 }
 
@@ -120,16 +130,19 @@ pub struct Backend {
     cache: SlotCache,
     input_names: Vec<CString>,
     output_names: Vec<CString>,
+    /// Host memory, for the step inputs and the logits.
     mem: MemoryInfo<'static>,
+    dm: DeviceMemory,
+    /// A device copy that failed where the scheduler cannot take an error (slot copies); the
+    /// next prefill or decode returns it.
+    failed: Option<anyhow::Error>,
     /// `[slots, vocab]` last-position logits of the latest decode step.
     logits: Vec<f32>,
     /// Logits of the latest prefill (`[P, vocab]` unless the graph emits last logits only).
     prefill_logits: Vec<f32>,
-    /// Scratch for the concat form: gathered past and produced present.
-    past_scratch: Vec<Vec<f32>>,
-    present_scratch: Vec<Vec<f32>>,
-    /// Whether the cache memory is the session's device memory (see [`Transfers`]).
-    cache_on_device: bool,
+    /// Device scratch for the concat form: gathered past and produced present, per buffer.
+    past_scratch: Vec<DeviceBuffer>,
+    present_scratch: Vec<DeviceBuffer>,
     transfers: TransferLog,
     /// Fixed-shape decode: `[slots]` ids and `[slots, capacity]` mask that persist between
     /// steps, with each slot's current mask length.
@@ -141,62 +154,6 @@ struct FixedStep {
     ids: Vec<i64>,
     mask: Vec<i64>,
     mask_len: Vec<usize>,
-}
-
-fn ort_err(what: &str) -> impl FnOnce(ort::Error) -> anyhow::Error + '_ {
-    move |e| anyhow!("{what}: {e}")
-}
-
-/// A tensor view over caller-owned memory.
-///
-/// # Safety
-/// `ptr` must be valid for `shape`'s element count and outlive the view's use in `Run`.
-unsafe fn view<'a, T>(mem: &MemoryInfo, ptr: *mut T, shape: &[usize]) -> Result<TensorRefMut<'a, T>>
-where
-    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug,
-{
-    let shape = Shape::new(shape.iter().map(|&d| d as i64));
-    TensorRefMut::from_raw(mem.clone(), ptr.cast(), shape)
-        .map_err(ort_err("creating a tensor view"))
-}
-
-/// The inputs and outputs of one `Run`, in the order of the session's name lists; keeps the
-/// views alive while their raw `OrtValue` pointers are in use.
-#[derive(Default)]
-struct Feed<'a> {
-    ints: Vec<TensorRefMut<'a, i64>>,
-    floats: Vec<TensorRefMut<'a, f32>>,
-    inputs: Vec<*const ort::sys::OrtValue>,
-    outputs: Vec<*mut ort::sys::OrtValue>,
-}
-
-impl Feed<'_> {
-    /// # Safety
-    /// As [`view`].
-    unsafe fn ints(&mut self, mem: &MemoryInfo, ptr: *mut i64, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.inputs.push(t.ptr());
-        self.ints.push(t);
-        Ok(())
-    }
-
-    /// # Safety
-    /// As [`view`].
-    unsafe fn floats(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.inputs.push(t.ptr());
-        self.floats.push(t);
-        Ok(())
-    }
-
-    /// # Safety
-    /// As [`view`].
-    unsafe fn output(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.outputs.push(t.ptr().cast_mut());
-        self.floats.push(t);
-        Ok(())
-    }
 }
 
 impl Backend {
@@ -252,25 +209,44 @@ impl Backend {
                 );
             }
         }
-        let cache = SlotCache::new(io.layers, cfg.slots, io.kv_heads, io.head_dim, capacity);
+        let mut dm = DeviceMemory::new(
+            rt,
+            &session,
+            &cfg.session,
+            SlotCache::moves_per_slot(io.layers, io.kv_heads),
+            cfg.mover,
+        )?;
+        let cache = SlotCache::new(
+            &mut dm,
+            io.layers,
+            cfg.slots,
+            io.kv_heads,
+            io.head_dim,
+            capacity,
+        )
+        .with_context(|| format!("{model}: allocating the KV cache on {}", cfg.session.device))?;
         let fixed = fixed_shape.then(|| FixedStep {
             ids: vec![0; cfg.slots],
             mask: vec![0; cfg.slots * capacity],
             mask_len: vec![0; cfg.slots],
         });
+        let scratch =
+            || -> Result<Vec<DeviceBuffer>> { (0..2 * io.layers).map(|_| dm.alloc(0)).collect() };
+        let (past_scratch, present_scratch) = (scratch()?, scratch()?);
         Ok(Backend {
             session,
             logits: vec![0.0; cfg.slots * vocab],
             vocab,
             prefill_logits: Vec::new(),
-            past_scratch: vec![Vec::new(); 2 * io.layers],
-            present_scratch: vec![Vec::new(); 2 * io.layers],
+            past_scratch,
+            present_scratch,
             io,
             cache,
             input_names,
             output_names,
             mem: MemoryInfo::default(),
-            cache_on_device: cfg.session.device == crate::session::Device::Cpu,
+            dm,
+            failed: None,
             transfers: TransferLog::default(),
             fixed,
         })
@@ -281,14 +257,9 @@ impl Backend {
         self.transfers
     }
 
-    /// Cache bytes bound by a run over `rows` slots at the current capacity, per direction:
-    /// zero when the cache is device memory.
-    fn cache_traffic(&self, rows: usize) -> u64 {
-        if self.cache_on_device {
-            return 0;
-        }
-        let c = &self.cache;
-        (c.bufs.len() * rows * c.kv_heads * c.capacity * c.head_dim * 4) as u64
+    /// Whether device copies run as a graph on the device (not host `memcpy`).
+    pub fn copies_on_device_graph(&self) -> bool {
+        self.dm.uses_graph()
     }
 
     /// Vocabulary size (the width of each logits row).
@@ -300,23 +271,55 @@ impl Backend {
         self.cache.slots
     }
 
+    /// A device copy error kept by an infallible call, returned now.
+    fn check(&mut self) -> Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+
+    /// Host↔device bytes the device memory moved since `before` (zeros of grown buffers).
+    fn moved_since(&self, before: (u64, u64)) -> (u64, u64) {
+        (self.dm.uploaded - before.0, self.dm.downloaded - before.1)
+    }
+
+    fn moved(&self) -> (u64, u64) {
+        (self.dm.uploaded, self.dm.downloaded)
+    }
+
     /// Make room for sequences of `len` positions (grows geometrically; rarely copies).
-    pub fn ensure_capacity(&mut self, len: usize) {
+    pub fn ensure_capacity(&mut self, len: usize) -> Result<()> {
         if len > self.cache.capacity {
-            self.cache.grow(len.max(self.cache.capacity * 2));
+            self.cache
+                .grow(&mut self.dm, len.max(self.cache.capacity * 2))
+                .context("growing the KV cache")?;
             if let Some(f) = &mut self.fixed {
                 // A new capacity is a new mask layout: rewrite every row at the next step.
                 f.mask = vec![0; self.cache.slots * self.cache.capacity];
                 f.mask_len.fill(0);
             }
         }
+        Ok(())
+    }
+
+    /// A scratch buffer of at least `len` floats (reallocated, never shrunk).
+    fn ensure_scratch(dm: &mut DeviceMemory, bufs: &mut [DeviceBuffer], len: usize) -> Result<()> {
+        for b in bufs.iter_mut() {
+            if b.len() < len {
+                *b = dm.alloc(len)?;
+            }
+        }
+        Ok(())
     }
 
     /// Run the prompt through slot `slot` (batch 1); returns the logits of its last position.
     pub fn prefill(&mut self, slot: usize, ids: &[TokenId]) -> Result<&[f32]> {
+        self.check()?;
         let p = ids.len();
         assert!(p > 0, "prefill of an empty prompt; this is a bug");
-        self.ensure_capacity(p + 1);
+        let before = self.moved();
+        self.ensure_capacity(p + 1)?;
         let v = self.vocab;
         let rows = if self.io.head == HeadOutput::LastLogits {
             1
@@ -332,8 +335,10 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
-        let mem = self.mem.clone();
-        let mut dummy = [0f32; 1];
+        if self.io.form == CacheForm::Concat {
+            Self::ensure_scratch(&mut self.dm, &mut self.present_scratch, kvh * p * hd)?;
+        }
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: every view points into a buffer that is neither moved nor resized until `run`
         // returns, and each shape's element count fits its buffer.
         unsafe {
@@ -343,46 +348,48 @@ impl Backend {
             feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[1, rows, v])?;
             match self.io.form {
                 CacheForm::SharedKv => {
-                    for buf in self.cache.bufs.iter_mut() {
-                        let ptr = buf.as_mut_ptr().add(slot * kvh * cap * hd);
-                        feed.floats(&mem, ptr, &[1, kvh, cap, hd])?;
-                        feed.output(&mem, ptr, &[1, kvh, cap, hd])?;
+                    for buf in &self.cache.bufs {
+                        let ptr = buf.at(slot * kvh * cap * hd);
+                        feed.floats(&dev, ptr, &[1, kvh, cap, hd])?;
+                        feed.output(&dev, ptr, &[1, kvh, cap, hd])?;
                     }
                 }
                 CacheForm::Concat => {
                     feed.ints(&mem, positions.as_mut_ptr(), &[1, p])?;
-                    for scratch in self.present_scratch.iter_mut() {
-                        scratch.resize(kvh * p * hd, 0.0);
-                        feed.floats(&mem, dummy.as_mut_ptr(), &[1, kvh, 0, hd])?;
-                        feed.output(&mem, scratch.as_mut_ptr(), &[1, kvh, p, hd])?;
+                    for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
+                        feed.floats(&dev, past.at(0), &[1, kvh, 0, hd])?;
+                        feed.output(&dev, present.at(0), &[1, kvh, p, hd])?;
                     }
                 }
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
+        }
+        if self.io.form == CacheForm::Concat {
+            let mut moves = Vec::with_capacity(self.cache.bufs.len() * kvh);
+            for (buf, scratch) in self.cache.bufs.iter().zip(&self.present_scratch) {
+                for h in 0..kvh {
+                    moves.push(Move {
+                        src: Place::Device(scratch.at(h * p * hd)),
+                        dst: Place::Device(buf.at((slot * kvh + h) * cap * hd)),
+                        len: p * hd,
+                    });
+                }
+            }
+            self.dm
+                .run(&moves)
+                .context("prefill: placing the new keys and values")?;
         }
         let step_inputs = if self.io.form == CacheForm::Concat {
             3
         } else {
             2
         };
-        let cache = match self.io.form {
-            CacheForm::SharedKv => self.cache_traffic(1),
-            CacheForm::Concat if self.cache_on_device => 0,
-            CacheForm::Concat => (self.present_scratch.len() * kvh * p * hd * 4) as u64,
-        };
+        let (up, down) = self.moved_since(before);
         self.transfers.prefill += Transfers {
-            to_device: (step_inputs * p * 8) as u64 + cache,
-            from_device: (rows * v * 4) as u64 + cache,
-            cache: 2 * cache,
+            to_device: (step_inputs * p * 8) as u64 + up,
+            from_device: (rows * v * 4) as u64 + down,
+            cache: up + down,
         };
-        if self.io.form == CacheForm::Concat {
-            for (buf, scratch) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
-                for h in 0..kvh {
-                    let dst = (slot * kvh + h) * cap * hd;
-                    buf[dst..dst + p * hd].copy_from_slice(&scratch[h * p * hd..(h + 1) * p * hd]);
-                }
-            }
-        }
         Ok(&self.prefill_logits[(rows - 1) * v..rows * v])
     }
 
@@ -397,6 +404,7 @@ impl Backend {
     /// a batch-1 [`Backend::prefill`] bit for bit (the matrix products are row-independent and
     /// attention stops at each row's length), which the batch-size invariance tests check.
     pub fn prefill_rows(&mut self, first: usize, prompts: &[&[TokenId]]) -> Result<&[f32]> {
+        self.check()?;
         assert!(
             self.can_prefill_rows(),
             "prefill_rows on a graph that cannot; this is a bug"
@@ -413,7 +421,8 @@ impl Backend {
             prompts.iter().all(|ids| !ids.is_empty()),
             "prefill of an empty prompt; this is a bug"
         );
-        self.ensure_capacity(p + 1);
+        let before = self.moved();
+        self.ensure_capacity(p + 1)?;
         let v = self.vocab;
         self.prefill_logits.resize(b * v, 0.0);
         let mut input_ids = vec![0i64; b * p];
@@ -429,25 +438,25 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
-        let mem = self.mem.clone();
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`; slots `first..first + b` are contiguous in every cache buffer.
         unsafe {
             let mut feed = Feed::default();
             feed.ints(&mem, input_ids.as_mut_ptr(), &[b, p])?;
             feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
             feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[b, 1, v])?;
-            for buf in self.cache.bufs.iter_mut() {
-                let ptr = buf.as_mut_ptr().add(first * kvh * cap * hd);
-                feed.floats(&mem, ptr, &[b, kvh, cap, hd])?;
-                feed.output(&mem, ptr, &[b, kvh, cap, hd])?;
+            for buf in &self.cache.bufs {
+                let ptr = buf.at(first * kvh * cap * hd);
+                feed.floats(&dev, ptr, &[b, kvh, cap, hd])?;
+                feed.output(&dev, ptr, &[b, kvh, cap, hd])?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
-        let cache = self.cache_traffic(b);
+        let (up, down) = self.moved_since(before);
         self.transfers.prefill += Transfers {
-            to_device: (2 * b * p * 8) as u64 + cache,
-            from_device: (b * v * 4) as u64 + cache,
-            cache: 2 * cache,
+            to_device: (2 * b * p * 8) as u64 + up,
+            from_device: (b * v * 4) as u64 + down,
+            cache: up + down,
         };
         Ok(&self.prefill_logits[..b * v])
     }
@@ -455,21 +464,31 @@ impl Backend {
     /// One decode step over slots `0..rows.len()`; `None` rows are idle (their slot's contents may
     /// be overwritten at position 0). Returns `[rows, vocab]` logits.
     pub fn decode(&mut self, rows: &[Option<StepRow>]) -> Result<&[f32]> {
+        self.check()?;
         let b = rows.len();
         assert!(
             b > 0 && b <= self.cache.slots,
             "decode of {b} rows; this is a bug"
         );
+        let before = self.moved();
         let longest = rows.iter().flatten().map(|r| r.pos).max().unwrap_or(0);
-        self.ensure_capacity(longest + 1);
+        self.ensure_capacity(longest + 1)?;
         let mut input_ids: Vec<i64> = rows
             .iter()
             .map(|r| r.map_or(0, |r| r.token.as_i64()))
             .collect();
-        match self.io.form {
+        let mut t = match self.io.form {
+            CacheForm::SharedKv if self.fixed.is_some() => self.decode_fixed(rows)?,
             CacheForm::SharedKv => self.decode_shared(rows, &mut input_ids, longest)?,
             CacheForm::Concat => self.decode_concat(rows, &mut input_ids, longest)?,
-        }
+        };
+        let (up, down) = self.moved_since(before);
+        t.to_device += up;
+        t.from_device += down;
+        t.cache += up + down;
+        self.transfers.decode += t;
+        self.transfers.decode_steps += 1;
+        self.transfers.last_decode = t;
         Ok(&self.logits[..b * self.vocab])
     }
 
@@ -481,7 +500,7 @@ impl Backend {
         rows: &[Option<StepRow>],
         input_ids: &mut [i64],
         longest: usize,
-    ) -> Result<()> {
+    ) -> Result<Transfers> {
         let b = rows.len();
         let v = self.vocab;
         let (kvh, hd, cap) = (
@@ -489,48 +508,37 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
-        if self.fixed.is_some() {
-            return self.decode_fixed(rows);
-        }
         let total = longest + 1;
         let mut mask = vec![0i64; b * total];
         for (i, r) in rows.iter().enumerate() {
             let n = r.map_or(1, |r| r.pos + 1);
             mask[i * total..i * total + n].fill(1);
         }
-        let mem = self.mem.clone();
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`.
         unsafe {
             let mut feed = Feed::default();
             feed.ints(&mem, input_ids.as_mut_ptr(), &[b, 1])?;
             feed.ints(&mem, mask.as_mut_ptr(), &[b, total])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
-            for buf in self.cache.bufs.iter_mut() {
-                feed.floats(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
-                feed.output(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
+            for buf in &self.cache.bufs {
+                feed.floats(&dev, buf.at(0), &[b, kvh, cap, hd])?;
+                feed.output(&dev, buf.at(0), &[b, kvh, cap, hd])?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
         }
-        let cache = self.cache_traffic(b);
-        self.count_decode(Transfers {
-            to_device: (b * 8 + b * total * 8) as u64 + cache,
-            from_device: (b * v * 4) as u64 + cache,
-            cache: 2 * cache,
-        });
-        Ok(())
-    }
-
-    fn count_decode(&mut self, t: Transfers) {
-        self.transfers.decode += t;
-        self.transfers.decode_steps += 1;
-        self.transfers.last_decode = t;
+        Ok(Transfers {
+            to_device: (b * 8 + b * total * 8) as u64,
+            from_device: (b * v * 4) as u64,
+            cache: 0,
+        })
     }
 
     /// Fixed-shape form: every slot, the full capacity. Rows past `rows.len()` are idle like
     /// `None` rows. The mask keeps each slot's ones from the last step, so a step writes only
     /// the entries that changed (one per moving row) and the new ids.
-    fn decode_fixed(&mut self, rows: &[Option<StepRow>]) -> Result<()> {
+    fn decode_fixed(&mut self, rows: &[Option<StepRow>]) -> Result<Transfers> {
         let v = self.vocab;
         let (slots, kvh, hd, cap) = (
             self.cache.slots,
@@ -558,7 +566,7 @@ impl Backend {
             written += n.abs_diff(old) * 8;
             f.mask_len[i] = n;
         }
-        let mem = self.mem.clone();
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         let (ids, mask) = (f.ids.as_mut_ptr(), f.mask.as_mut_ptr());
         // SAFETY: as in `prefill`; the fixed buffers are not touched until `run` returns.
         unsafe {
@@ -566,32 +574,31 @@ impl Backend {
             feed.ints(&mem, ids, &[slots, 1])?;
             feed.ints(&mem, mask, &[slots, cap])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[slots, 1, v])?;
-            for buf in self.cache.bufs.iter_mut() {
-                feed.floats(&mem, buf.as_mut_ptr(), &[slots, kvh, cap, hd])?;
-                feed.output(&mem, buf.as_mut_ptr(), &[slots, kvh, cap, hd])?;
+            for buf in &self.cache.bufs {
+                feed.floats(&dev, buf.at(0), &[slots, kvh, cap, hd])?;
+                feed.output(&dev, buf.at(0), &[slots, kvh, cap, hd])?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step (fixed shape)")?;
         }
-        let cache = self.cache_traffic(slots);
         // Only the rows the scheduler asked for are read back.
-        self.count_decode(Transfers {
-            to_device: written as u64 + cache,
-            from_device: (rows.len() * v * 4) as u64 + cache,
-            cache: 2 * cache,
-        });
-        Ok(())
+        Ok(Transfers {
+            to_device: written as u64,
+            from_device: (rows.len() * v * 4) as u64,
+            cache: 0,
+        })
     }
 
     /// Concat form: gather a right-padded past `[b, kv, T, hd]` (T = longest cached length), feed
     /// the new token at its own position with the pad columns masked, and copy the new column
-    /// (index T of `present`) back to position pos_b of the slot.
+    /// (index T of `present`) back to position pos_b of the slot. Gather and scatter are device
+    /// moves; only the step inputs and logits cross.
     fn decode_concat(
         &mut self,
         rows: &[Option<StepRow>],
         input_ids: &mut [i64],
         t: usize,
-    ) -> Result<()> {
+    ) -> Result<Transfers> {
         let b = rows.len();
         let v = self.vocab;
         let (kvh, hd, cap) = (
@@ -607,20 +614,36 @@ impl Backend {
             mask[i * (t + 1) + t] = 1;
             positions[i] = pos as i64;
         }
-        for (buf, past) in self.cache.bufs.iter().zip(self.past_scratch.iter_mut()) {
-            past.clear();
-            past.resize(b * kvh * t * hd, 0.0);
+        // The pad columns of the past are masked out, so their contents do not matter; they
+        // keep whatever the scratch held (zeros when first allocated).
+        Self::ensure_scratch(
+            &mut self.dm,
+            &mut self.past_scratch,
+            (b * kvh * t * hd).max(1),
+        )?;
+        Self::ensure_scratch(
+            &mut self.dm,
+            &mut self.present_scratch,
+            b * kvh * (t + 1) * hd,
+        )?;
+        let mut gather = Vec::new();
+        for (buf, past) in self.cache.bufs.iter().zip(&self.past_scratch) {
             for (i, r) in rows.iter().enumerate() {
                 let n = r.map_or(0, |r| r.pos);
+                if n == 0 {
+                    continue;
+                }
                 for h in 0..kvh {
-                    let src = (i * kvh + h) * cap * hd;
-                    let dst = (i * kvh + h) * t * hd;
-                    past[dst..dst + n * hd].copy_from_slice(&buf[src..src + n * hd]);
+                    gather.push(Move {
+                        src: Place::Device(buf.at((i * kvh + h) * cap * hd)),
+                        dst: Place::Device(past.at((i * kvh + h) * t * hd)),
+                        len: n * hd,
+                    });
                 }
             }
         }
-        let mem = self.mem.clone();
-        let mut dummy = [0f32; 1];
+        self.dm.run(&gather).context("gathering the past")?;
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`.
         unsafe {
             let mut feed = Feed::default();
@@ -628,108 +651,70 @@ impl Backend {
             feed.ints(&mem, mask.as_mut_ptr(), &[b, t + 1])?;
             feed.ints(&mem, positions.as_mut_ptr(), &[b, 1])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
-            for (past, present) in self
-                .past_scratch
-                .iter_mut()
-                .zip(self.present_scratch.iter_mut())
-            {
-                present.resize(b * kvh * (t + 1) * hd, 0.0);
-                let pp = if t == 0 {
-                    dummy.as_mut_ptr()
-                } else {
-                    past.as_mut_ptr()
-                };
-                feed.floats(&mem, pp, &[b, kvh, t, hd])?;
-                feed.output(&mem, present.as_mut_ptr(), &[b, kvh, t + 1, hd])?;
+            for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
+                feed.floats(&dev, past.at(0), &[b, kvh, t, hd])?;
+                feed.output(&dev, present.at(0), &[b, kvh, t + 1, hd])?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
         }
-        // The gathered past and the produced present are host scratch: device memory on CPU,
-        // a copy each way under any other execution provider.
-        let (past, present) = if self.cache_on_device {
-            (0, 0)
-        } else {
-            let n = (self.past_scratch.len() * b * kvh * hd * 4) as u64;
-            (n * t as u64, n * (t as u64 + 1))
-        };
-        self.count_decode(Transfers {
-            to_device: (b * 8 + b * (t + 1) * 8 + b * 8) as u64 + past,
-            from_device: (b * v * 4) as u64 + present,
-            cache: past + present,
-        });
-        for (buf, present) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
+        let mut scatter = Vec::new();
+        for (buf, present) in self.cache.bufs.iter().zip(&self.present_scratch) {
             for (i, r) in rows.iter().enumerate() {
                 let Some(r) = r else { continue };
                 for h in 0..kvh {
-                    let src = ((i * kvh + h) * (t + 1) + t) * hd;
-                    let dst = ((i * kvh + h) * cap + r.pos) * hd;
-                    buf[dst..dst + hd].copy_from_slice(&present[src..src + hd]);
+                    scatter.push(Move {
+                        src: Place::Device(present.at(((i * kvh + h) * (t + 1) + t) * hd)),
+                        dst: Place::Device(buf.at(((i * kvh + h) * cap + r.pos) * hd)),
+                        len: hd,
+                    });
                 }
             }
         }
-        Ok(())
+        self.dm
+            .run(&scatter)
+            .context("placing the new keys and values")?;
+        Ok(Transfers {
+            to_device: (b * 8 + b * (t + 1) * 8 + b * 8) as u64,
+            from_device: (b * v * 4) as u64,
+            cache: 0,
+        })
     }
 
-    /// Copy the first `len` cached positions of slot `src` into slot `dst`.
+    /// Copy the first `len` cached positions of slot `src` into slot `dst` (on the device). An
+    /// error is returned by the next prefill or decode.
     pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) {
-        self.cache.copy_prefix(src, dst, len);
+        if let Err(e) = self.cache.copy_prefix(&mut self.dm, src, dst, len) {
+            self.failed
+                .get_or_insert(e.context("copying a slot's prefix"));
+        }
     }
 
-    pub fn stash(&self, slot: usize, len: usize) -> Stash {
-        Stash {
-            kv: self.cache.save_prefix(slot, len),
-            len,
+    /// A device copy of slot `slot`'s first `len` positions. An error is returned by the next
+    /// prefill or decode (the stash is then empty and never used).
+    pub fn stash(&mut self, slot: usize, len: usize) -> Stash {
+        match self.cache.save_prefix(&mut self.dm, slot, len) {
+            Ok(saved) => Stash { saved, len },
+            Err(e) => {
+                self.failed.get_or_insert(e.context("stashing a prefill"));
+                Stash {
+                    saved: SavedPrefix {
+                        kv: Vec::new(),
+                        len: 0,
+                    },
+                    len,
+                }
+            }
         }
     }
 
     pub fn unstash(&mut self, stash: &Stash, slot: usize) {
-        self.ensure_capacity(stash.len + 1);
-        self.cache.load_prefix(&stash.kv, slot, stash.len);
+        let r = self
+            .ensure_capacity(stash.len + 1)
+            .and_then(|()| self.cache.load_prefix(&mut self.dm, &stash.saved, slot));
+        if let Err(e) = r {
+            self.failed
+                .get_or_insert(e.context("restoring a stashed prefill"));
+        }
     }
-}
-
-/// `Run` with caller-owned outputs (the C API fills them in place).
-///
-/// # Safety
-/// Every pointer in `feed` must be a live `OrtValue` over memory valid for the call, in the order
-/// of the name lists.
-unsafe fn run(
-    session: &Session,
-    input_names: &[CString],
-    output_names: &[CString],
-    feed: &Feed<'_>,
-) -> Result<()> {
-    assert_eq!(
-        feed.inputs.len(),
-        input_names.len(),
-        "input count; this is a bug"
-    );
-    assert_eq!(
-        feed.outputs.len(),
-        output_names.len(),
-        "output count; this is a bug"
-    );
-    let in_names: Vec<*const c_char> = input_names.iter().map(|n| n.as_ptr()).collect();
-    let out_names: Vec<*const c_char> = output_names.iter().map(|n| n.as_ptr()).collect();
-    let mut outs = feed.outputs.clone();
-    let api = ort::api();
-    let status = (api.Run)(
-        session.ptr().cast_mut(),
-        std::ptr::null(),
-        in_names.as_ptr(),
-        feed.inputs.as_ptr(),
-        feed.inputs.len(),
-        out_names.as_ptr(),
-        out_names.len(),
-        outs.as_mut_ptr(),
-    );
-    if !status.0.is_null() {
-        let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
-            .to_string_lossy()
-            .into_owned();
-        (api.ReleaseStatus)(status.0);
-        bail!("ONNX Runtime: {msg}");
-    }
-    Ok(())
 }

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod beam;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod kv;
 pub mod pipeline;
 pub mod scheduler;

@@ -173,6 +173,7 @@ pub fn run_stage(
             slots: cfg.batch_size,
             max_len: ctx.context,
             fixed_shape: cfg.fixed_shape,
+            mover: Default::default(),
         },
     )?;
     ctx.counters
