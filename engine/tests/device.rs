@@ -283,3 +283,90 @@ fn copies_through_the_device_graph_equal_host_copies() {
         "slot 4 does not continue slot 1"
     );
 }
+
+/// Generate with a half-precision export on `device` and compare each incremental step's
+/// logits with a full recomputation of the sequence by the same graph (no cache reuse); returns
+/// the largest |Δ|.
+fn half_precision_gap(m: &Models, elem: exports::onnx::Elem, device: Device) -> f32 {
+    use exports::onnx::{export, Flavor, OnnxExportConfig};
+    let prompts = three_prompts(m);
+    let dir = m.dir.path().join(format!("{elem:?}"));
+    if !dir.exists() {
+        let mut e = OnnxExportConfig::new(&m.hf, &dir);
+        e.flavor = Some(Flavor::Ort);
+        e.last_logits_only = true;
+        e.dtype = elem;
+        export(&e).unwrap();
+    }
+    let mut b = backend(&dir, device, 4, false);
+    let v = b.vocab();
+    let (steps, _) = greedy_steps(&mut b, &prompts, 4);
+    let opts = SessionOptions {
+        device,
+        ..SessionOptions::default()
+    };
+    let mut full = engine::session::DecoderSession::load(runtime(), &dir, &opts).unwrap();
+    let mut seqs: Vec<Vec<TokenId>> = prompts.clone();
+    let mut max = 0f32;
+    // steps[row] is row's prefill; steps[3 + j] the j-th decode step over all rows.
+    for (k, step) in steps.iter().enumerate().skip(prompts.len()) {
+        for (row, seq) in seqs.iter_mut().enumerate() {
+            let prev = if k == prompts.len() {
+                &steps[row][..]
+            } else {
+                &steps[k - 1][row * v..(row + 1) * v]
+            };
+            seq.push(argmax(prev));
+            let ids: Vec<i64> = seq.iter().map(|t| t.as_i64()).collect();
+            let mut c = full.new_cache(1).unwrap();
+            let want = full
+                .forward(&ids, 1, ids.len(), &vec![1; ids.len()], &mut c)
+                .unwrap();
+            for (g, w) in step[row * v..(row + 1) * v].iter().zip(want.at(0, 0)) {
+                let d = (g - w).abs();
+                max = if d.is_nan() {
+                    f32::INFINITY
+                } else {
+                    max.max(d)
+                };
+            }
+        }
+    }
+    max
+}
+
+/// fp16 exports (`exports onnx --dtype fp16`) generate with an fp16 cache: incremental steps
+/// match a full recomputation.
+#[test]
+fn fp16_cache_decodes_like_a_full_recomputation() {
+    let m = models(46);
+    let max = half_precision_gap(&m, exports::onnx::Elem::F16, Device::Cpu);
+    assert!(max <= 2e-2, "fp16: max |Δ logit| = {max:e} > 2e-2");
+    eprintln!("fp16 on cpu: incremental vs full recomputation, max |Δ logit| = {max:e}");
+}
+
+/// The same on the device, in fp16 and bf16 (ONNX Runtime's CPU provider has no bf16 kernels,
+/// so bf16 runs only on a GPU).
+#[test]
+fn half_precision_caches_on_the_device() {
+    let Some(device) = device_under_test("half_precision_caches_on_the_device") else {
+        return;
+    };
+    let m = models(47);
+    let mut elems = vec![(exports::onnx::Elem::F16, 2e-2f32)];
+    if device == Device::Cpu {
+        eprintln!("bf16 not checked on cpu: ONNX Runtime's CPU provider has no bf16 kernels");
+    } else {
+        elems.push((exports::onnx::Elem::BF16, 1.5e-1));
+    }
+    for (elem, bound) in elems {
+        let max = half_precision_gap(&m, elem, device);
+        assert!(
+            max <= bound,
+            "{elem:?} on {device}: max |Δ logit| = {max:e} > {bound:e}"
+        );
+        eprintln!(
+            "{elem:?} on {device}: incremental vs full recomputation, max |Δ logit| = {max:e}"
+        );
+    }
+}

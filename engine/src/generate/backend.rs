@@ -167,9 +167,9 @@ impl Backend {
             (_, None) => bail!("{model}: `logits` has no fixed vocabulary size"),
             (_, Some(v)) => v,
         };
-        if io.kv_type != TensorElementType::Float32 {
+        if super::device::element_bytes(io.kv_type).is_none() {
             bail!(
-                "{model}: the cache is {:?}; generation runs fp32 graphs (export with --dtype fp32)",
+                "{model}: the cache is {:?}; generation runs fp32, fp16 or bf16 graphs",
                 io.kv_type
             );
         }
@@ -196,7 +196,13 @@ impl Backend {
         } else {
             cfg.max_len.min(64)
         };
-        let cache_bytes = 2 * io.layers * cfg.slots * io.kv_heads * capacity * io.head_dim * 4;
+        let cache_bytes = 2
+            * io.layers
+            * cfg.slots
+            * io.kv_heads
+            * capacity
+            * io.head_dim
+            * super::device::element_bytes(io.kv_type).expect("checked above");
         if let Some(limit) = cfg.session.cuda.mem_limit {
             // The budget is the CUDA allocator's arena limit: the cache must leave room for
             // weights and activations, so refuse before any work when it alone takes half.
@@ -223,6 +229,7 @@ impl Backend {
             io.kv_heads,
             io.head_dim,
             capacity,
+            io.kv_type,
         )
         .with_context(|| format!("{model}: allocating the KV cache on {}", cfg.session.device))?;
         let fixed = fixed_shape.then(|| FixedStep {
@@ -269,6 +276,12 @@ impl Backend {
 
     pub fn slots(&self) -> usize {
         self.cache.slots
+    }
+
+    /// The cache's element type, and element counts → 4-byte units of device buffers.
+    fn cache_units(&self) -> (TensorElementType, impl Fn(usize) -> usize + Copy) {
+        let (elem, esize) = (self.cache.elem, self.cache.units(4));
+        (elem, move |n: usize| n * esize / 4)
     }
 
     /// A device copy error kept by an infallible call, returned now.
@@ -335,8 +348,9 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, u) = self.cache_units();
         if self.io.form == CacheForm::Concat {
-            Self::ensure_scratch(&mut self.dm, &mut self.present_scratch, kvh * p * hd)?;
+            Self::ensure_scratch(&mut self.dm, &mut self.present_scratch, u(kvh * p * hd))?;
         }
         let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: every view points into a buffer that is neither moved nor resized until `run`
@@ -349,16 +363,16 @@ impl Backend {
             match self.io.form {
                 CacheForm::SharedKv => {
                     for buf in &self.cache.bufs {
-                        let ptr = buf.at(slot * kvh * cap * hd);
-                        feed.floats(&dev, ptr, &[1, kvh, cap, hd])?;
-                        feed.output(&dev, ptr, &[1, kvh, cap, hd])?;
+                        let ptr = buf.at(u(slot * kvh * cap * hd));
+                        feed.typed(&dev, ptr, &[1, kvh, cap, hd], elem, false)?;
+                        feed.typed(&dev, ptr, &[1, kvh, cap, hd], elem, true)?;
                     }
                 }
                 CacheForm::Concat => {
                     feed.ints(&mem, positions.as_mut_ptr(), &[1, p])?;
                     for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
-                        feed.floats(&dev, past.at(0), &[1, kvh, 0, hd])?;
-                        feed.output(&dev, present.at(0), &[1, kvh, p, hd])?;
+                        feed.typed(&dev, past.at(0), &[1, kvh, 0, hd], elem, false)?;
+                        feed.typed(&dev, present.at(0), &[1, kvh, p, hd], elem, true)?;
                     }
                 }
             }
@@ -369,9 +383,9 @@ impl Backend {
             for (buf, scratch) in self.cache.bufs.iter().zip(&self.present_scratch) {
                 for h in 0..kvh {
                     moves.push(Move {
-                        src: Place::Device(scratch.at(h * p * hd)),
-                        dst: Place::Device(buf.at((slot * kvh + h) * cap * hd)),
-                        len: p * hd,
+                        src: Place::Device(scratch.at(u(h * p * hd))),
+                        dst: Place::Device(buf.at(u((slot * kvh + h) * cap * hd))),
+                        len: u(p * hd),
                     });
                 }
             }
@@ -438,6 +452,7 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, u) = self.cache_units();
         let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`; slots `first..first + b` are contiguous in every cache buffer.
         unsafe {
@@ -446,9 +461,9 @@ impl Backend {
             feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
             feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[b, 1, v])?;
             for buf in &self.cache.bufs {
-                let ptr = buf.at(first * kvh * cap * hd);
-                feed.floats(&dev, ptr, &[b, kvh, cap, hd])?;
-                feed.output(&dev, ptr, &[b, kvh, cap, hd])?;
+                let ptr = buf.at(u(first * kvh * cap * hd));
+                feed.typed(&dev, ptr, &[b, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, ptr, &[b, kvh, cap, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
@@ -508,6 +523,7 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, _) = self.cache_units();
         let total = longest + 1;
         let mut mask = vec![0i64; b * total];
         for (i, r) in rows.iter().enumerate() {
@@ -522,8 +538,8 @@ impl Backend {
             feed.ints(&mem, mask.as_mut_ptr(), &[b, total])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
             for buf in &self.cache.bufs {
-                feed.floats(&dev, buf.at(0), &[b, kvh, cap, hd])?;
-                feed.output(&dev, buf.at(0), &[b, kvh, cap, hd])?;
+                feed.typed(&dev, buf.at(0), &[b, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, buf.at(0), &[b, kvh, cap, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
@@ -546,6 +562,7 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, _) = self.cache_units();
         let f = self.fixed.as_mut().expect("fixed-shape decode");
         let mut written = 0usize;
         for i in 0..slots {
@@ -575,8 +592,8 @@ impl Backend {
             feed.ints(&mem, mask, &[slots, cap])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[slots, 1, v])?;
             for buf in &self.cache.bufs {
-                feed.floats(&dev, buf.at(0), &[slots, kvh, cap, hd])?;
-                feed.output(&dev, buf.at(0), &[slots, kvh, cap, hd])?;
+                feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step (fixed shape)")?;
@@ -606,6 +623,7 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, u) = self.cache_units();
         let mut mask = vec![0i64; b * (t + 1)];
         let mut positions = vec![0i64; b];
         for (i, r) in rows.iter().enumerate() {
@@ -635,9 +653,9 @@ impl Backend {
                 }
                 for h in 0..kvh {
                     gather.push(Move {
-                        src: Place::Device(buf.at((i * kvh + h) * cap * hd)),
-                        dst: Place::Device(past.at((i * kvh + h) * t * hd)),
-                        len: n * hd,
+                        src: Place::Device(buf.at(u((i * kvh + h) * cap * hd))),
+                        dst: Place::Device(past.at(u((i * kvh + h) * t * hd))),
+                        len: u(n * hd),
                     });
                 }
             }
@@ -652,8 +670,8 @@ impl Backend {
             feed.ints(&mem, positions.as_mut_ptr(), &[b, 1])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
             for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
-                feed.floats(&dev, past.at(0), &[b, kvh, t, hd])?;
-                feed.output(&dev, present.at(0), &[b, kvh, t + 1, hd])?;
+                feed.typed(&dev, past.at(0), &[b, kvh, t, hd], elem, false)?;
+                feed.typed(&dev, present.at(0), &[b, kvh, t + 1, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
@@ -664,9 +682,9 @@ impl Backend {
                 let Some(r) = r else { continue };
                 for h in 0..kvh {
                     scatter.push(Move {
-                        src: Place::Device(present.at(((i * kvh + h) * (t + 1) + t) * hd)),
-                        dst: Place::Device(buf.at(((i * kvh + h) * cap + r.pos) * hd)),
-                        len: hd,
+                        src: Place::Device(present.at(u(((i * kvh + h) * (t + 1) + t) * hd))),
+                        dst: Place::Device(buf.at(u(((i * kvh + h) * cap + r.pos) * hd))),
+                        len: u(hd),
                     });
                 }
             }

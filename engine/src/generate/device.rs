@@ -19,7 +19,7 @@ use std::ffi::{c_char, CStr, CString};
 use anyhow::{anyhow, bail, Context, Result};
 use ort::memory::{AllocationDevice, Allocator, AllocatorType, MemoryInfo, MemoryType};
 use ort::session::Session;
-use ort::value::{Shape, Tensor, TensorRefMut};
+use ort::value::{Shape, Tensor, TensorElementType, TensorRefMut};
 use ort::AsPointer;
 
 use crate::runtime::Runtime;
@@ -52,11 +52,74 @@ where
 pub struct Feed<'a> {
     ints: Vec<TensorRefMut<'a, i64>>,
     floats: Vec<TensorRefMut<'a, f32>>,
+    /// Views of any element type, made through the C API (`ort` has no half-precision type
+    /// without its `half` feature); released on drop.
+    raw: Vec<*mut ort::sys::OrtValue>,
     inputs: Vec<*const ort::sys::OrtValue>,
     outputs: Vec<*mut ort::sys::OrtValue>,
 }
 
+impl Drop for Feed<'_> {
+    fn drop(&mut self) {
+        for v in self.raw.drain(..) {
+            // SAFETY: created by CreateTensorWithDataAsOrtValue below and released once.
+            unsafe { (ort::api().ReleaseValue)(v) };
+        }
+    }
+}
+
+/// Bytes of one element of the cache types the engine binds.
+pub fn element_bytes(elem: TensorElementType) -> Option<usize> {
+    match elem {
+        TensorElementType::Float32 => Some(4),
+        TensorElementType::Float16 | TensorElementType::Bfloat16 => Some(2),
+        _ => None,
+    }
+}
+
 impl Feed<'_> {
+    /// A view of element type `elem` over `ptr`, as an input or (with `output`) an output.
+    ///
+    /// # Safety
+    /// As [`view`], with `shape`'s element count in units of `elem`.
+    pub unsafe fn typed(
+        &mut self,
+        mem: &MemoryInfo,
+        ptr: *mut f32,
+        shape: &[usize],
+        elem: TensorElementType,
+        output: bool,
+    ) -> Result<()> {
+        let dims: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
+        let bytes = shape.iter().product::<usize>()
+            * element_bytes(elem).ok_or_else(|| anyhow!("cannot bind {elem:?} tensors"))?;
+        let api = ort::api();
+        let mut out: *mut ort::sys::OrtValue = std::ptr::null_mut();
+        let status = (api.CreateTensorWithDataAsOrtValue)(
+            mem.ptr(),
+            ptr.cast(),
+            bytes,
+            dims.as_ptr(),
+            dims.len(),
+            elem.into(),
+            &mut out,
+        );
+        if !status.0.is_null() {
+            let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
+                .to_string_lossy()
+                .into_owned();
+            (api.ReleaseStatus)(status.0);
+            bail!("creating a {elem:?} view: {msg}");
+        }
+        self.raw.push(out);
+        if output {
+            self.outputs.push(out);
+        } else {
+            self.inputs.push(out);
+        }
+        Ok(())
+    }
+
     /// # Safety
     /// As [`view`].
     pub unsafe fn ints(&mut self, mem: &MemoryInfo, ptr: *mut i64, shape: &[usize]) -> Result<()> {

@@ -5,9 +5,10 @@
 //! other than the graph's own writes is a list of device-to-device [`Move`]s (prefix copies,
 //! re-layouts, saved prefixes); only the zeros of a new buffer come from the host.
 
-use anyhow::Result;
+use anyhow::{bail, Result};
+use ort::value::TensorElementType;
 
-use super::device::{DeviceBuffer, DeviceMemory, Move, Place};
+use super::device::{element_bytes, DeviceBuffer, DeviceMemory, Move, Place};
 
 pub struct SlotCache {
     /// Keys of layers 0..L, then values of layers 0..L (the graph's input order).
@@ -16,6 +17,12 @@ pub struct SlotCache {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub capacity: usize,
+    /// The graph's cache type (fp32, or fp16/bf16 for half-precision exports).
+    pub elem: TensorElementType,
+    /// Bytes per element. Buffers and moves count 4-byte units (copies do not care about the
+    /// type); every offset is a multiple of `head_dim`, which is even, so half-precision offsets
+    /// fall on whole units.
+    esize: usize,
 }
 
 /// The first positions of one slot, kept on the device: per buffer `[kv_heads, len, head_dim]`.
@@ -25,7 +32,7 @@ pub struct SavedPrefix {
 }
 
 impl SlotCache {
-    /// A zero-filled cache.
+    /// A zero-filled cache of `elem` values.
     pub fn new(
         dm: &mut DeviceMemory,
         layers: usize,
@@ -33,17 +40,33 @@ impl SlotCache {
         kv_heads: usize,
         head_dim: usize,
         capacity: usize,
+        elem: TensorElementType,
     ) -> Result<Self> {
-        let n = slots * kv_heads * capacity * head_dim;
-        Ok(SlotCache {
-            bufs: (0..2 * layers)
-                .map(|_| dm.zeros(n))
-                .collect::<Result<_>>()?,
+        let Some(esize) = element_bytes(elem) else {
+            bail!("a {elem:?} KV cache: the engine keeps fp32, fp16 or bf16 caches");
+        };
+        if esize < 4 && head_dim % 2 != 0 {
+            bail!("a half-precision KV cache needs an even head_dim, got {head_dim}");
+        }
+        let mut c = SlotCache {
+            bufs: Vec::new(),
             slots,
             kv_heads,
             head_dim,
             capacity,
-        })
+            elem,
+            esize,
+        };
+        let n = c.units(slots * kv_heads * capacity * head_dim);
+        c.bufs = (0..2 * layers)
+            .map(|_| dm.zeros(n))
+            .collect::<Result<_>>()?;
+        Ok(c)
+    }
+
+    /// 4-byte units of `elems` cache values (offsets and lengths of buffers and moves).
+    pub fn units(&self, elems: usize) -> usize {
+        elems * self.esize / 4
     }
 
     /// Moves per slot and buffer set: one run of positions per head and buffer.
@@ -56,11 +79,6 @@ impl SlotCache {
         (slot * self.kv_heads + head) * self.capacity * self.head_dim
     }
 
-    /// Bytes of one buffer.
-    pub fn buffer_bytes(&self) -> usize {
-        self.slots * self.kv_heads * self.capacity * self.head_dim * 4
-    }
-
     /// Re-lay every buffer with a larger capacity, keeping contents (device-to-device).
     pub fn grow(&mut self, dm: &mut DeviceMemory, capacity: usize) -> Result<()> {
         assert!(
@@ -68,15 +86,15 @@ impl SlotCache {
             "shrinking the cache; this is a bug"
         );
         let (old, hd) = (self.capacity, self.head_dim);
-        let n = self.slots * self.kv_heads * capacity * hd;
+        let n = self.units(self.slots * self.kv_heads * capacity * hd);
         let mut next = Vec::with_capacity(self.bufs.len());
         for buf in &self.bufs {
             let fresh = dm.zeros(n)?;
             let moves: Vec<Move> = (0..self.slots * self.kv_heads)
                 .map(|run| Move {
-                    src: Place::Device(buf.at(run * old * hd)),
-                    dst: Place::Device(fresh.at(run * capacity * hd)),
-                    len: old * hd,
+                    src: Place::Device(buf.at(self.units(run * old * hd))),
+                    dst: Place::Device(fresh.at(self.units(run * capacity * hd))),
+                    len: self.units(old * hd),
                 })
                 .collect();
             dm.run(&moves)?;
@@ -99,13 +117,13 @@ impl SlotCache {
         if src == dst || len == 0 {
             return Ok(());
         }
-        let n = len * self.head_dim;
+        let n = self.units(len * self.head_dim);
         let mut moves = Vec::with_capacity(self.bufs.len() * self.kv_heads);
         for buf in &self.bufs {
             for h in 0..self.kv_heads {
                 moves.push(Move {
-                    src: Place::Device(buf.at(self.base(src, h))),
-                    dst: Place::Device(buf.at(self.base(dst, h))),
+                    src: Place::Device(buf.at(self.units(self.base(src, h)))),
+                    dst: Place::Device(buf.at(self.units(self.base(dst, h)))),
                     len: n,
                 });
             }
@@ -120,14 +138,14 @@ impl SlotCache {
         slot: usize,
         len: usize,
     ) -> Result<SavedPrefix> {
-        let n = len * self.head_dim;
+        let n = self.units(len * self.head_dim);
         let mut kv = Vec::with_capacity(self.bufs.len());
         let mut moves = Vec::new();
         for buf in &self.bufs {
             let out = dm.alloc(self.kv_heads * n)?;
             for h in 0..self.kv_heads {
                 moves.push(Move {
-                    src: Place::Device(buf.at(self.base(slot, h))),
+                    src: Place::Device(buf.at(self.units(self.base(slot, h)))),
                     dst: Place::Device(out.at(h * n)),
                     len: n,
                 });
@@ -147,7 +165,7 @@ impl SlotCache {
         saved: &SavedPrefix,
         slot: usize,
     ) -> Result<()> {
-        let n = saved.len * self.head_dim;
+        let n = self.units(saved.len * self.head_dim);
         if n == 0 {
             return Ok(());
         }
@@ -156,7 +174,7 @@ impl SlotCache {
             for h in 0..self.kv_heads {
                 moves.push(Move {
                     src: Place::Device(src.at(h * n)),
-                    dst: Place::Device(buf.at(self.base(slot, h))),
+                    dst: Place::Device(buf.at(self.units(self.base(slot, h)))),
                     len: n,
                 });
             }
