@@ -85,7 +85,7 @@ pub struct GenerateArgs {
     /// Cache slots per device (rows decoded together).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Intra-op threads (default: physical cores).
+    /// Intra-op threads (0 or no flag: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// `cpu`, or `cuda:0[,cuda:1…]` (one session per GPU).

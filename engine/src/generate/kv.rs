@@ -45,7 +45,7 @@ impl SlotCache {
         let Some(esize) = element_bytes(elem) else {
             bail!("a {elem:?} KV cache: the engine keeps fp32, fp16 or bf16 caches");
         };
-        if esize < 4 && head_dim % 2 != 0 {
+        if esize < 4 && !head_dim.is_multiple_of(2) {
             bail!("a half-precision KV cache needs an even head_dim, got {head_dim}");
         }
         let mut c = SlotCache {
