@@ -26,6 +26,16 @@ fn device_under_test(test: &str) -> Option<Device> {
 }
 
 fn backend(model: &std::path::Path, device: Device, slots: usize, fixed_shape: bool) -> Backend {
+    backend_with(model, device, slots, fixed_shape, MoverChoice::Auto)
+}
+
+fn backend_with(
+    model: &std::path::Path,
+    device: Device,
+    slots: usize,
+    fixed_shape: bool,
+    mover: MoverChoice,
+) -> Backend {
     Backend::load(
         runtime(),
         &BackendConfig {
@@ -38,7 +48,7 @@ fn backend(model: &std::path::Path, device: Device, slots: usize, fixed_shape: b
             slots,
             max_len: 128,
             fixed_shape,
-            mover: Default::default(),
+            mover,
         },
     )
     .unwrap()
@@ -130,9 +140,16 @@ fn fixed_shape_decode_gives_the_same_logits_bit_for_bit() {
     let prompts = three_prompts(&m);
     let mut fixed = backend(&m.ort, Device::Cpu, 4, true);
     let mut variable = backend(&m.ort, Device::Cpu, 4, false);
+    // The GPU's way: ids, mask and logits moved by the copy graph.
+    let mut graph = backend_with(&m.ort, Device::Cpu, 4, true, MoverChoice::Graph);
     let (a, _) = greedy_steps(&mut fixed, &prompts, 8);
     let (b, _) = greedy_steps(&mut variable, &prompts, 8);
+    let (c, _) = greedy_steps(&mut graph, &prompts, 8);
     assert_eq!(a.len(), b.len());
+    assert!(
+        a == c,
+        "fixed-shape logits differ between the host and the graph mover"
+    );
     for (step, (x, y)) in a.iter().zip(&b).enumerate() {
         let same = x.len() == y.len() && x.iter().zip(y).all(|(p, q)| p.to_bits() == q.to_bits());
         assert!(

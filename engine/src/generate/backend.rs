@@ -57,9 +57,10 @@ pub struct BackendConfig {
 /// Bytes moved between the host and the session's device, the backend's copy counter.
 ///
 /// Counted where bytes cross: the step inputs the host writes (ids, mask, positions), the logits
-/// it reads back, and the KV cache whenever it is bound from memory that is not the session's
-/// device (host memory under a CUDA session is copied in and out by ONNX Runtime on every run).
-/// On the CPU execution provider host memory *is* the device, so the cache moves nothing.
+/// rows it reads back, and any cache bytes that go through the host (only the zeros of a newly
+/// allocated or grown cache: the cache itself lives on the device, see [`super::kv`]). On the
+/// CPU execution provider "crossing" is a host copy, counted the same way, so the CPU tests check
+/// what a GPU would move.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Transfers {
     pub to_device: u64,
@@ -103,8 +104,12 @@ impl std::fmt::Display for TransferLog {
         let (to, from, cache) = self.per_decode_step();
         write!(
             f,
-            "host↔device per decode step: {to:.0} B in, {from:.0} B out, {cache:.0} B of them KV cache ({} steps); prefill {} B in, {} B out",
-            self.decode_steps, self.prefill.to_device, self.prefill.from_device
+            "host↔device per decode step: {to:.0} B in, {from:.0} B out, {cache:.0} B of them KV cache (mean of {} steps; cache bytes are the zeros of grown buffers); last step {} B in, {} B out; prefill {} B in, {} B out",
+            self.decode_steps,
+            self.last_decode.to_device,
+            self.last_decode.from_device,
+            self.prefill.to_device,
+            self.prefill.from_device
         )
     }
 }
@@ -150,10 +155,18 @@ pub struct Backend {
 }
 
 /// The persistent step inputs of fixed-shape decoding.
+///
+/// The host vectors mirror device buffers at fixed addresses (what a captured CUDA graph
+/// replays): a step uploads only the entries that changed and downloads only the logits rows
+/// asked for.
 struct FixedStep {
     ids: Vec<i64>,
     mask: Vec<i64>,
     mask_len: Vec<usize>,
+    /// `[slots]` i64, `[slots, capacity]` i64 and `[slots, vocab]` f32 on the device.
+    dev_ids: DeviceBuffer,
+    dev_mask: DeviceBuffer,
+    dev_logits: DeviceBuffer,
 }
 
 impl Backend {
@@ -167,7 +180,12 @@ impl Backend {
             (_, None) => bail!("{model}: `logits` has no fixed vocabulary size"),
             (_, Some(v)) => v,
         };
-        if super::device::element_bytes(io.kv_type).is_none() {
+        let float = [
+            TensorElementType::Float32,
+            TensorElementType::Float16,
+            TensorElementType::Bfloat16,
+        ];
+        if !float.contains(&io.kv_type) {
             bail!(
                 "{model}: the cache is {:?}; generation runs fp32, fp16 or bf16 graphs",
                 io.kv_type
@@ -232,11 +250,19 @@ impl Backend {
             io.kv_type,
         )
         .with_context(|| format!("{model}: allocating the KV cache on {}", cfg.session.device))?;
-        let fixed = fixed_shape.then(|| FixedStep {
-            ids: vec![0; cfg.slots],
-            mask: vec![0; cfg.slots * capacity],
-            mask_len: vec![0; cfg.slots],
-        });
+        let fixed = if fixed_shape {
+            // i64 entries are two 4-byte units.
+            Some(FixedStep {
+                ids: vec![0; cfg.slots],
+                mask: vec![0; cfg.slots * capacity],
+                mask_len: vec![0; cfg.slots],
+                dev_ids: dm.zeros(2 * cfg.slots)?,
+                dev_mask: dm.zeros(2 * cfg.slots * capacity)?,
+                dev_logits: dm.zeros(cfg.slots * vocab)?,
+            })
+        } else {
+            None
+        };
         let scratch =
             || -> Result<Vec<DeviceBuffer>> { (0..2 * io.layers).map(|_| dm.alloc(0)).collect() };
         let (past_scratch, present_scratch) = (scratch()?, scratch()?);
@@ -311,6 +337,7 @@ impl Backend {
                 // A new capacity is a new mask layout: rewrite every row at the next step.
                 f.mask = vec![0; self.cache.slots * self.cache.capacity];
                 f.mask_len.fill(0);
+                f.dev_mask = self.dm.zeros(2 * self.cache.slots * self.cache.capacity)?;
             }
         }
         Ok(())
@@ -492,12 +519,17 @@ impl Backend {
             .iter()
             .map(|r| r.map_or(0, |r| r.token.as_i64()))
             .collect();
-        let mut t = match self.io.form {
-            CacheForm::SharedKv if self.fixed.is_some() => self.decode_fixed(rows)?,
-            CacheForm::SharedKv => self.decode_shared(rows, &mut input_ids, longest)?,
-            CacheForm::Concat => self.decode_concat(rows, &mut input_ids, longest)?,
+        // Step I/O the device memory moved itself (fixed shape), not to be counted twice.
+        let (mut t, io) = match self.io.form {
+            CacheForm::SharedKv if self.fixed.is_some() => {
+                let t = self.decode_fixed(rows)?;
+                (t, (t.to_device, t.from_device))
+            }
+            CacheForm::SharedKv => (self.decode_shared(rows, &mut input_ids, longest)?, (0, 0)),
+            CacheForm::Concat => (self.decode_concat(rows, &mut input_ids, longest)?, (0, 0)),
         };
         let (up, down) = self.moved_since(before);
+        let (up, down) = (up - io.0, down - io.1);
         t.to_device += up;
         t.from_device += down;
         t.cache += up + down;
@@ -564,33 +596,62 @@ impl Backend {
         );
         let (elem, _) = self.cache_units();
         let f = self.fixed.as_mut().expect("fixed-shape decode");
-        let mut written = 0usize;
+        let mut moves = Vec::new();
+        let unit = |p: *mut i64| p.cast::<f32>();
         for i in 0..slots {
             let row = rows.get(i).copied().flatten();
             let id = row.map_or(0, |r| r.token.as_i64());
             if f.ids[i] != id {
                 f.ids[i] = id;
-                written += 8;
+                moves.push(Move {
+                    src: Place::Host(unit(&mut f.ids[i])),
+                    dst: Place::Device(f.dev_ids.at(2 * i)),
+                    len: 2,
+                });
             }
             let n = row.map_or(1, |r| r.pos + 1);
             let old = f.mask_len[i];
-            let line = &mut f.mask[i * cap..(i + 1) * cap];
-            if n > old {
-                line[old..n].fill(1);
-            } else {
-                line[n..old].fill(0);
+            if n != old {
+                let line = &mut f.mask[i * cap..(i + 1) * cap];
+                let (lo, hi) = (n.min(old), n.max(old));
+                line[lo..hi].fill(if n > old { 1 } else { 0 });
+                moves.push(Move {
+                    src: Place::Host(unit(&mut line[lo])),
+                    dst: Place::Device(f.dev_mask.at(2 * (i * cap + lo))),
+                    len: 2 * (hi - lo),
+                });
+                f.mask_len[i] = n;
             }
-            written += n.abs_diff(old) * 8;
-            f.mask_len[i] = n;
         }
-        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
-        let (ids, mask) = (f.ids.as_mut_ptr(), f.mask.as_mut_ptr());
-        // SAFETY: as in `prefill`; the fixed buffers are not touched until `run` returns.
+        let before = (self.dm.uploaded, self.dm.downloaded);
+        self.dm
+            .run(&moves)
+            .context("uploading the step's ids and mask")?;
+        let dev = self.dm.mem.clone();
+        // SAFETY: as in `prefill`; the fixed device buffers live as long as the backend.
         unsafe {
             let mut feed = Feed::default();
-            feed.ints(&mem, ids, &[slots, 1])?;
-            feed.ints(&mem, mask, &[slots, cap])?;
-            feed.output(&mem, self.logits.as_mut_ptr(), &[slots, 1, v])?;
+            feed.typed(
+                &dev,
+                f.dev_ids.at(0),
+                &[slots, 1],
+                TensorElementType::Int64,
+                false,
+            )?;
+            feed.typed(
+                &dev,
+                f.dev_mask.at(0),
+                &[slots, cap],
+                TensorElementType::Int64,
+                false,
+            )?;
+            feed.typed(
+                &dev,
+                f.dev_logits.at(0),
+                &[slots, 1, v],
+                TensorElementType::Float32,
+                true,
+            )?;
             for buf in &self.cache.bufs {
                 feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, false)?;
                 feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, true)?;
@@ -599,9 +660,16 @@ impl Backend {
                 .context("decode step (fixed shape)")?;
         }
         // Only the rows the scheduler asked for are read back.
+        let back = Move {
+            src: Place::Device(f.dev_logits.at(0)),
+            dst: Place::Host(self.logits.as_mut_ptr()),
+            len: rows.len() * v,
+        };
+        self.dm.run(&[back]).context("reading the logits")?;
+        // Counted by the device memory; reported as step I/O, not cache, by `decode`.
         Ok(Transfers {
-            to_device: written as u64,
-            from_device: (rows.len() * v * 4) as u64,
+            to_device: self.dm.uploaded - before.0,
+            from_device: self.dm.downloaded - before.1,
             cache: 0,
         })
     }

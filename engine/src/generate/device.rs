@@ -68,11 +68,12 @@ impl Drop for Feed<'_> {
     }
 }
 
-/// Bytes of one element of the cache types the engine binds.
+/// Bytes of one element of the types the engine binds by address (caches, fixed step inputs).
 pub fn element_bytes(elem: TensorElementType) -> Option<usize> {
     match elem {
         TensorElementType::Float32 => Some(4),
         TensorElementType::Float16 | TensorElementType::Bfloat16 => Some(2),
+        TensorElementType::Int64 => Some(8),
         _ => None,
     }
 }
