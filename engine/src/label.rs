@@ -24,28 +24,7 @@ use exports::records::{for_each_jsonl, write_jsonl, GenerationRecord, PairRecord
 use serde::Serialize;
 
 use crate::metrics::{repeat_at_n, words};
-
-/// One response to score, with its prompt.
-#[derive(Debug, Clone, Copy)]
-pub struct ScoreItem<'a> {
-    pub prompt: &'a Prompt,
-    pub response: &'a str,
-}
-
-/// Something that gives each (prompt, response) a scalar reward, independently per response.
-pub trait Scorer {
-    /// Rewards for `items`, in order. `items` spans many prompts (labeling passes 32 records at a
-    /// time, win rate all pairs at once); a model scorer splits it into batches of its own size.
-    fn score(&mut self, items: &[ScoreItem<'_>]) -> Result<Vec<f64>>;
-
-    /// What to write into each pair's `source` field, e.g. `repetition:3`.
-    fn source(&self) -> String;
-
-    /// Model tokens scored so far, for the throughput line; `None` for scorers without a tokenizer.
-    fn tokens_scored(&self) -> Option<u64> {
-        None
-    }
-}
+pub use crate::scorer::{ScoreItem, Scorer};
 
 /// The programmatic reward of the repetition experiment: minus the response's Repeat@n count,
 /// with the prompt's [`Prompt::context_text`] as the context.

@@ -11,5 +11,6 @@ pub mod report;
 pub mod reward;
 pub mod runtime;
 pub mod sampling;
+pub mod scorer;
 pub mod session;
 pub mod verify;

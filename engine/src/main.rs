@@ -12,7 +12,7 @@ use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
 use engine::label::{LabelConfig, RewardSpec};
 use engine::pair::PairConfig;
 use engine::reward::RewardModelConfig;
-use engine::session::SessionOptions;
+use engine::session::{Device, SessionOptions};
 
 #[derive(Parser)]
 #[command(
@@ -55,6 +55,9 @@ struct VerifyArgs {
     /// Largest accepted |Δ| (default: 1e-3 fp32, 0.5 fp16, 2.0 bf16).
     #[arg(long)]
     tolerance: Option<f32>,
+    /// Where to run the graph: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -110,9 +113,12 @@ struct RewardModelArgs {
     /// Sequences per reward-model forward pass.
     #[arg(long, default_value_t = 16, value_name = "N")]
     batch_size: usize,
-    /// Intra-op threads of the reward model (0: ONNX Runtime's choice, one per core).
+    /// Intra-op threads of the reward model (0: one per physical core).
     #[arg(long, default_value_t = 0, value_name = "N")]
     threads: usize,
+    /// Where the reward model runs: `cpu` or `cuda:N`.
+    #[arg(long, default_value = "cpu")]
+    device: Device,
     /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
     #[arg(long)]
     ort_lib: Option<PathBuf>,
@@ -124,6 +130,7 @@ fn reward_spec(reward: Option<RewardSpec>, model: RewardModelArgs) -> Option<Rew
             batch_size: model.batch_size,
             session: SessionOptions {
                 threads: model.threads,
+                device: model.device,
                 ..SessionOptions::default()
             },
             ort_lib: model.ort_lib,
@@ -240,7 +247,11 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Verify(args) => {
             let rt = engine::runtime::Runtime::shared(args.ort_lib.as_deref())?;
-            let r = engine::verify::verify_dir(rt, &args.onnx, &args.probe, args.tolerance)?;
+            let opts = SessionOptions {
+                device: args.device,
+                ..SessionOptions::default()
+            };
+            let r = engine::verify::verify_dir(rt, &args.onnx, &args.probe, args.tolerance, &opts)?;
             eprintln!(
                 "{}: ok, max |Δ| = {:.3e} ≤ {:.0e} over {} values",
                 args.onnx.display(),

@@ -15,8 +15,8 @@ use anyhow::{bail, Context, Result};
 use exports::tokenizer::ids_to_i64;
 use exports::{ModelConfig, Tokenizer};
 
-use crate::label::{ScoreItem, Scorer};
 use crate::runtime::Runtime;
+use crate::scorer::{ScoreItem, Scorer};
 use crate::session::{DecoderSession, HeadOutput, SessionOptions};
 
 /// Settings of a reward-model scorer.
@@ -26,6 +26,7 @@ pub struct RewardModelConfig {
     pub dir: PathBuf,
     /// Rows per forward pass.
     pub batch_size: usize,
+    /// Device, threads and CUDA options of the session (`--device`, `--threads`).
     pub session: SessionOptions,
     /// ONNX Runtime library (`--ort-lib`); found by `runtime::locate_library` when `None`.
     pub ort_lib: Option<PathBuf>,
@@ -65,7 +66,7 @@ impl RewardModelScorer {
         }
         let runtime = shared_runtime(cfg.ort_lib.as_deref())?;
         let session = DecoderSession::load(runtime, &cfg.dir, &cfg.session)?;
-        if session.layout().head != HeadOutput::Score {
+        if session.io().head != HeadOutput::Score {
             bail!(
                 "{}: not a reward model (the graph outputs `logits`, not `score`); export it with the reward head",
                 cfg.dir.display()

@@ -1,5 +1,8 @@
-//! An exported decoder folder (`exports onnx`) loaded into an ONNX Runtime session, with an
-//! explicit KV cache.
+//! The one ONNX Runtime layer of the engine: where a session runs ([`Device`]), how it is built
+//! ([`SessionOptions`], [`open`]: execution provider, threads, graph optimisation, CUDA options),
+//! and what its graph takes and gives ([`GraphIo`], discovered from the session). Generation
+//! (`generate::backend`), reward scoring and `engine verify` all load their graphs through
+//! [`open`]; [`DecoderSession`] is the simple full-step runner the last two use.
 //!
 //! The graph is its own spec (as in text-embeddings-inference's ORT backend): the layer count,
 //! KV heads, head size and cache type are read from the session's `past_key_values.{i}.key`
@@ -12,32 +15,139 @@
 //! length from `Σ attention_mask` and assumes its tokens come first. [`DecoderSession::needs_right_padding`]
 //! says which; [`DecoderSession::forward`] refuses a mask that breaks the rule.
 
+use std::fmt;
 use std::path::{Path, PathBuf};
+use std::str::FromStr;
 
-use anyhow::{bail, ensure, Context, Result};
-use ort::session::builder::GraphOptimizationLevel;
+use anyhow::{anyhow, bail, ensure, Context, Result};
+use exports::onnx::MODEL_FILE;
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
-use ort::value::{DynTensor, DynValue, Tensor, TensorElementType};
+use ort::value::{DynTensor, DynValue, Tensor, TensorElementType, ValueType};
 
 use crate::runtime::Runtime;
 
-pub const MODEL_FILE: &str = "model.onnx";
+/// Where a session runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Device {
+    #[default]
+    Cpu,
+    /// CUDA execution provider on the GPU with this ordinal.
+    Cuda(usize),
+}
 
-/// How to build the session.
+impl fmt::Display for Device {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Device::Cpu => f.write_str("cpu"),
+            Device::Cuda(id) => write!(f, "cuda:{id}"),
+        }
+    }
+}
+
+impl FromStr for Device {
+    type Err = String;
+    /// `cpu` or `cuda:N`.
+    fn from_str(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if s == "cpu" {
+            return Ok(Device::Cpu);
+        }
+        s.strip_prefix("cuda:")
+            .and_then(|n| n.parse::<usize>().ok())
+            .map(Device::Cuda)
+            .ok_or_else(|| format!("--device: `{s}` is not `cpu` or `cuda:N`"))
+    }
+}
+
+/// CUDA execution provider settings; ignored on CPU.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CudaOptions {
+    /// Capture the decode step as a CUDA graph (`enable_cuda_graph`). It replays fixed input
+    /// addresses and shapes, so the generation backend then decodes with fixed shapes.
+    pub cuda_graph: bool,
+    /// The CUDA allocator's arena limit in bytes (`gpu_mem_limit`); `None`: ONNX Runtime's
+    /// default (the whole device).
+    pub mem_limit: Option<usize>,
+}
+
+/// `--cuda-mem-limit`: bytes, or a number with a `K`, `M` or `G` suffix (powers of 1024).
+pub fn parse_bytes(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let (num, unit) = match t.char_indices().last() {
+        Some((i, 'K' | 'k')) => (&t[..i], 1usize << 10),
+        Some((i, 'M' | 'm')) => (&t[..i], 1 << 20),
+        Some((i, 'G' | 'g')) => (&t[..i], 1 << 30),
+        _ => (t, 1),
+    };
+    let n: f64 = num
+        .parse()
+        .map_err(|_| format!("`{s}` is not a size (bytes, or with K, M or G)"))?;
+    if !(n.is_finite() && n > 0.0) {
+        return Err(format!("`{s}`: a size must be positive"));
+    }
+    Ok((n * unit as f64) as usize)
+}
+
+/// How to build a session.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SessionOptions {
-    /// Intra-op threads; 0 lets ONNX Runtime choose.
+    pub device: Device,
+    /// Intra-op threads; 0 means one per physical core (see [`resolve_threads`]), everywhere.
     pub threads: usize,
     /// Graph optimizations (ORT_ENABLE_ALL); off only to measure what they buy.
     pub optimize: bool,
+    pub cuda: CudaOptions,
 }
 
 impl Default for SessionOptions {
     fn default() -> Self {
         SessionOptions {
+            device: Device::Cpu,
             threads: 0,
             optimize: true,
+            cuda: CudaOptions::default(),
         }
+    }
+}
+
+/// The one meaning of `--threads N`: N intra-op threads, and 0 (or no flag) one per physical core.
+pub fn resolve_threads(threads: usize) -> usize {
+    if threads == 0 {
+        physical_cores()
+    } else {
+        threads
+    }
+}
+
+/// Physical cores (hyper-threads share a core's FMA units, so more threads than cores only adds
+/// contention for GEMM): distinct (physical id, core id) pairs in /proc/cpuinfo, else the
+/// logical count.
+pub fn physical_cores() -> usize {
+    let logical = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
+        return logical;
+    };
+    let mut pairs = std::collections::BTreeSet::new();
+    let mut phys = String::new();
+    for line in info.lines() {
+        if let Some((k, v)) = line.split_once(':') {
+            match k.trim() {
+                "physical id" => phys = v.trim().to_string(),
+                "core id" => {
+                    pairs.insert((phys.clone(), v.trim().to_string()));
+                }
+                _ => {}
+            }
+        }
+    }
+    // Containers may expose fewer CPUs than the host's core list.
+    if pairs.is_empty() {
+        logical
+    } else {
+        pairs.len().min(logical)
     }
 }
 
@@ -46,33 +156,187 @@ impl Default for SessionOptions {
 pub enum HeadOutput {
     /// `logits` `[B, S, V]`.
     Logits,
-    /// `logits` `[B, 1, V]` at each row's last real token.
+    /// `logits` `[B, 1, V]` at each row's last real token (`exports onnx --last-logits-only`).
     LastLogits,
     /// `score` `[B]`.
     Score,
 }
 
+/// How the graph keeps its cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CacheForm {
+    /// GroupQueryAttention (`ort` flavor, no `position_ids`): past and present may share one
+    /// buffer, new keys are written in place at `Σ mask − 1`; right padding only.
+    SharedKv,
+    /// Standard attention (`portable` flavor, takes `position_ids`): `present = concat(past, new)`.
+    Concat,
+}
+
 /// The I/O of a decoder graph, discovered from the session.
 #[derive(Debug, Clone, PartialEq)]
-pub struct IoLayout {
+pub struct GraphIo {
     pub layers: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
+    /// Element type of the cache and (for the heads) of the outputs.
     pub kv_type: TensorElementType,
-    pub has_position_ids: bool,
+    pub form: CacheForm,
     pub head: HeadOutput,
+    /// Fixed vocabulary size of `logits`; `None` for a `score` head.
     pub vocab: Option<usize>,
 }
 
-/// Per-layer past keys and values `[B, kv_heads, len, head_dim]`, as returned by the last step.
-pub struct KvCache {
+impl GraphIo {
+    pub fn has_position_ids(&self) -> bool {
+        self.form == CacheForm::Concat
+    }
+}
+
+/// `past_key_values.{i}.{kind}` and `present.{i}.{kind}`.
+pub fn kv_names(kind: &str, i: usize) -> (String, String) {
+    (
+        format!("past_key_values.{i}.{kind}"),
+        format!("present.{i}.{kind}"),
+    )
+}
+
+/// The one session builder: execution provider for `opts.device` (with its CUDA options),
+/// intra-op threads, graph optimisation level.
+pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilder> {
+    let level = if opts.optimize {
+        GraphOptimizationLevel::All
+    } else {
+        GraphOptimizationLevel::Disable
+    };
+    let threads = resolve_threads(opts.threads);
+    // Builder errors carry the builder back (`ort::Error<SessionBuilder>`); drop it for anyhow.
+    let mut builder = Session::builder(&runtime.env)
+        .context("creating a session builder")?
+        .with_optimization_level(level)
+        .map_err(ort::Error::<()>::from)
+        .context("setting the graph optimization level")?
+        .with_intra_threads(threads)
+        .map_err(ort::Error::<()>::from)
+        .with_context(|| format!("setting {threads} intra-op threads"))?;
+    if let Device::Cuda(id) = opts.device {
+        let mut ep = ort::ep::CUDA::default()
+            .with_device_id(id as i32)
+            // fp32 graphs compute in fp32: TF32 matmuls would move logits by ~1e-3 relative,
+            // past `engine verify`'s bound; half-precision exports are the fast path on GPUs.
+            .with_tf32(false)
+            .with_cuda_graph(opts.cuda.cuda_graph);
+        if let Some(limit) = opts.cuda.mem_limit {
+            ep = ep.with_memory_limit(limit);
+        }
+        builder = builder
+            .with_execution_providers([ep.build().error_on_failure()])
+            .map_err(|e| {
+                anyhow!(
+                    "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
+                     this needs an onnxruntime build with CUDA (scripts/setup.sh --gpu) and a visible GPU"
+                )
+            })?;
+    }
+    Ok(builder)
+}
+
+/// Build a session for `dir/model.onnx` (weights in `model.onnx.data` beside it) with
+/// [`builder`], and discover its I/O.
+pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Session, GraphIo)> {
+    let file = dir.join(MODEL_FILE);
+    ensure!(
+        file.is_file(),
+        "{}: no such file (not a folder written by `exports onnx`)",
+        file.display()
+    );
+    let session = builder(runtime, opts)?
+        .commit_from_file(&file)
+        .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
+    let io =
+        discover(&session).with_context(|| format!("{}: unexpected graph I/O", file.display()))?;
+    Ok((session, io))
+}
+
+/// Read the cache form, dimensions and head from the session's declared inputs and outputs.
+fn discover(session: &Session) -> Result<GraphIo> {
+    let input = |name: &str| session.inputs().iter().find(|i| i.name() == name);
+    let output = |name: &str| session.outputs().iter().find(|o| o.name() == name);
+    for name in ["input_ids", "attention_mask"] {
+        ensure!(
+            input(name).is_some(),
+            "no `{name}` input (not a decoder export)"
+        );
+    }
+    let layers = (0..)
+        .take_while(|&i| input(&kv_names("key", i).0).is_some())
+        .count();
+    ensure!(
+        layers > 0,
+        "no `past_key_values.0.key` input (not a decoder with a KV cache)"
+    );
+    for i in 0..layers {
+        for kind in ["key", "value"] {
+            let (past, present) = kv_names(kind, i);
+            ensure!(input(&past).is_some(), "no `{past}` input");
+            ensure!(output(&present).is_some(), "no `{present}` output");
+        }
+    }
+    let past = input(&kv_names("key", 0).0).expect("counted above").dtype();
+    let (kv_type, shape) = match past {
+        ValueType::Tensor { ty, shape, .. } => (*ty, shape.to_vec()),
+        other => bail!("`past_key_values.0.key` is not a tensor: {other:?}"),
+    };
+    ensure!(
+        shape.len() == 4 && shape[1] > 0 && shape[3] > 0,
+        "`past_key_values.0.key` has shape {shape:?}, expected [batch, kv_heads, past, head_dim] with fixed kv_heads and head_dim"
+    );
+    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
+    let (head, vocab) = if let Some(o) = output("logits") {
+        let s = o
+            .dtype()
+            .tensor_shape()
+            .map(|s| s.to_vec())
+            .unwrap_or_default();
+        ensure!(
+            s.len() == 3,
+            "`logits` has shape {s:?}, expected [batch, seq, vocab]"
+        );
+        let head = if s[1] == 1 {
+            HeadOutput::LastLogits
+        } else {
+            HeadOutput::Logits
+        };
+        (head, usize::try_from(s[2]).ok().filter(|v| *v > 0))
+    } else if outputs.contains(&"score") {
+        (HeadOutput::Score, None)
+    } else {
+        bail!("neither a `logits` nor a `score` output (outputs: {outputs:?})");
+    };
+    Ok(GraphIo {
+        layers,
+        kv_heads: shape[1] as usize,
+        head_dim: shape[3] as usize,
+        kv_type,
+        form: if input("position_ids").is_some() {
+            CacheForm::Concat
+        } else {
+            CacheForm::SharedKv
+        },
+        head,
+        vocab,
+    })
+}
+
+/// Per-layer past keys and values `[B, kv_heads, len, head_dim]`, as the last step returned them
+/// (the full-step runner's cache; generation keeps its own, `generate::kv::SlotCache`).
+pub struct PastKv {
     keys: Vec<DynValue>,
     values: Vec<DynValue>,
     batch: usize,
     len: usize,
 }
 
-impl KvCache {
+impl PastKv {
     /// Number of positions already in the cache (`past_sequence_length`).
     pub fn len(&self) -> usize {
         self.len
@@ -114,15 +378,8 @@ pub enum StepOutput {
 /// A loaded decoder graph.
 pub struct DecoderSession {
     session: Session,
-    layout: IoLayout,
+    io: GraphIo,
     dir: PathBuf,
-}
-
-fn kv_name(kind: &str, i: usize) -> (String, String) {
-    (
-        format!("past_key_values.{i}.{kind}"),
-        format!("present.{i}.{kind}"),
-    )
 }
 
 /// `cumsum(mask) − 1` clamped at 0, over the full mask `[B, T]`, keeping the last `seq` columns.
@@ -144,42 +401,18 @@ pub fn position_ids(mask: &[i64], batch: usize, seq: usize) -> Vec<i64> {
 }
 
 impl DecoderSession {
-    /// Load `dir/model.onnx` (weights in `model.onnx.data` beside it).
+    /// Load `dir/model.onnx` through [`open`].
     pub fn load(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<Self> {
-        let file = dir.join(MODEL_FILE);
-        ensure!(
-            file.is_file(),
-            "{}: no such file (not an exported model folder)",
-            file.display()
-        );
-        let level = if opts.optimize {
-            GraphOptimizationLevel::All
-        } else {
-            GraphOptimizationLevel::Disable
-        };
-        // Builder errors carry the builder back (`ort::Error<SessionBuilder>`); drop it for anyhow.
-        let mut builder = Session::builder(&runtime.env)?
-            .with_optimization_level(level)
-            .map_err(ort::Error::<()>::from)?;
-        if opts.threads > 0 {
-            builder = builder
-                .with_intra_threads(opts.threads)
-                .map_err(ort::Error::<()>::from)?;
-        }
-        let session = builder
-            .commit_from_file(&file)
-            .with_context(|| format!("loading {}", file.display()))?;
-        let layout = discover(&session)
-            .with_context(|| format!("{}: unexpected graph I/O", file.display()))?;
+        let (session, io) = open(runtime, dir, opts)?;
         Ok(DecoderSession {
             session,
-            layout,
+            io,
             dir: dir.to_path_buf(),
         })
     }
 
-    pub fn layout(&self) -> &IoLayout {
-        &self.layout
+    pub fn io(&self) -> &GraphIo {
+        &self.io
     }
 
     pub fn dir(&self) -> &Path {
@@ -188,18 +421,18 @@ impl DecoderSession {
 
     /// True for GroupQueryAttention graphs, which take no `position_ids`.
     pub fn needs_right_padding(&self) -> bool {
-        !self.layout.has_position_ids
+        !self.io.has_position_ids()
     }
 
     /// An empty cache (zero-length past) for `batch` rows.
-    pub fn new_cache(&self, batch: usize) -> Result<KvCache> {
-        let l = &self.layout;
+    pub fn new_cache(&self, batch: usize) -> Result<PastKv> {
+        let l = &self.io;
         let shape = [batch, l.kv_heads, 0, l.head_dim];
         let empty = || -> Result<DynValue> {
             let t = DynTensor::new(self.session.allocator(), l.kv_type, shape)?;
             Ok(t.into_dyn())
         };
-        Ok(KvCache {
+        Ok(PastKv {
             keys: (0..l.layers).map(|_| empty()).collect::<Result<_>>()?,
             values: (0..l.layers).map(|_| empty()).collect::<Result<_>>()?,
             batch,
@@ -215,7 +448,7 @@ impl DecoderSession {
         batch: usize,
         seq: usize,
         attention_mask: &[i64],
-        cache: &mut KvCache,
+        cache: &mut PastKv,
     ) -> Result<Logits> {
         match self.step(input_ids, batch, seq, attention_mask, cache)? {
             StepOutput::Logits(l) => Ok(l),
@@ -251,7 +484,7 @@ impl DecoderSession {
         batch: usize,
         seq: usize,
         attention_mask: &[i64],
-        cache: &mut KvCache,
+        cache: &mut PastKv,
     ) -> Result<StepOutput> {
         let total = cache.len + seq;
         ensure!(
@@ -292,16 +525,16 @@ impl DecoderSession {
                 Tensor::from_array(([batch, total], attention_mask.to_vec()))?.into(),
             ),
         ];
-        if self.layout.has_position_ids {
+        if self.io.has_position_ids() {
             let pos = position_ids(attention_mask, batch, seq);
             inputs.push((
                 "position_ids".into(),
                 Tensor::from_array(([batch, seq], pos))?.into(),
             ));
         }
-        for i in 0..self.layout.layers {
-            inputs.push((kv_name("key", i).0, (&cache.keys[i]).into()));
-            inputs.push((kv_name("value", i).0, (&cache.values[i]).into()));
+        for i in 0..self.io.layers {
+            inputs.push((kv_names("key", i).0, (&cache.keys[i]).into()));
+            inputs.push((kv_names("value", i).0, (&cache.values[i]).into()));
         }
         let mut outputs = self.session.run(inputs).with_context(|| {
             format!(
@@ -310,7 +543,7 @@ impl DecoderSession {
                 cache.len
             )
         })?;
-        let out = match self.layout.head {
+        let out = match self.io.head {
             HeadOutput::Score => {
                 let (_, s) = outputs["score"].try_extract_tensor::<f32>()?;
                 StepOutput::Scores(s.to_vec())
@@ -325,9 +558,9 @@ impl DecoderSession {
                 })
             }
         };
-        for i in 0..self.layout.layers {
+        for i in 0..self.io.layers {
             for (kind, slot) in [("key", &mut cache.keys), ("value", &mut cache.values)] {
-                let name = kv_name(kind, i).1;
+                let name = kv_names(kind, i).1;
                 slot[i] = outputs
                     .remove(&name)
                     .with_context(|| format!("graph has no output `{name}`"))?;
@@ -336,60 +569,6 @@ impl DecoderSession {
         cache.len = total;
         Ok(out)
     }
-}
-
-fn discover(session: &Session) -> Result<IoLayout> {
-    let find = |name: &str| session.inputs().iter().find(|i| i.name() == name);
-    let has_position_ids = find("position_ids").is_some();
-    ensure!(find("input_ids").is_some(), "no `input_ids` input");
-    ensure!(
-        find("attention_mask").is_some(),
-        "no `attention_mask` input"
-    );
-    let mut layers = 0;
-    while find(&kv_name("key", layers).0).is_some() {
-        layers += 1;
-    }
-    ensure!(
-        layers > 0,
-        "no `past_key_values.0.key` input (not a decoder with a KV cache)"
-    );
-    let past = find(&kv_name("key", 0).0).expect("found above").dtype();
-    let (kv_type, shape) = match past {
-        ort::value::ValueType::Tensor { ty, shape, .. } => (*ty, shape.to_vec()),
-        other => bail!("`past_key_values.0.key` is not a tensor: {other:?}"),
-    };
-    ensure!(
-        shape.len() == 4 && shape[1] > 0 && shape[3] > 0,
-        "`past_key_values.0.key` has shape {shape:?}, expected [batch, kv_heads, past, head_dim]"
-    );
-    let outputs: Vec<&str> = session.outputs().iter().map(|o| o.name()).collect();
-    let (head, vocab) = if let Some(o) = session.outputs().iter().find(|o| o.name() == "logits") {
-        let s = o
-            .dtype()
-            .tensor_shape()
-            .map(|s| s.to_vec())
-            .unwrap_or_default();
-        let head = if s.get(1) == Some(&1) {
-            HeadOutput::LastLogits
-        } else {
-            HeadOutput::Logits
-        };
-        (head, s.get(2).filter(|v| **v > 0).map(|v| *v as usize))
-    } else if outputs.contains(&"score") {
-        (HeadOutput::Score, None)
-    } else {
-        bail!("neither a `logits` nor a `score` output (outputs: {outputs:?})");
-    };
-    Ok(IoLayout {
-        layers,
-        kv_heads: shape[1] as usize,
-        head_dim: shape[3] as usize,
-        kv_type,
-        has_position_ids,
-        head,
-        vocab,
-    })
 }
 
 #[cfg(test)]

@@ -37,14 +37,15 @@ pub struct VerifyReport {
     pub tolerance: f32,
 }
 
-/// Load `onnx_dir` and check it against `probe`; `tolerance` defaults to [`default_tolerance`].
+/// Load `onnx_dir` (on `opts.device`) and check it against `probe`; `tolerance` defaults to [`default_tolerance`].
 pub fn verify_dir(
     runtime: &Runtime,
     onnx_dir: &Path,
     probe: &Path,
     tolerance: Option<f32>,
+    opts: &SessionOptions,
 ) -> Result<VerifyReport> {
-    let mut session = DecoderSession::load(runtime, onnx_dir, &SessionOptions::default())?;
+    let mut session = DecoderSession::load(runtime, onnx_dir, opts)?;
     verify(&mut session, probe, tolerance)
 }
 
@@ -54,7 +55,7 @@ pub fn verify(
     probe: &Path,
     tolerance: Option<f32>,
 ) -> Result<VerifyReport> {
-    let tolerance = tolerance.unwrap_or_else(|| default_tolerance(session.layout().kv_type));
+    let tolerance = tolerance.unwrap_or_else(|| default_tolerance(session.io().kv_type));
     let ckpt =
         Checkpoint::load(probe).with_context(|| format!("reading probe {}", probe.display()))?;
     let ids_t = ckpt.get("input_ids")?;
@@ -93,7 +94,7 @@ pub fn verify(
         };
         compared += 1;
     };
-    match (session.layout().head, out) {
+    match (session.io().head, out) {
         (HeadOutput::Score, StepOutput::Scores(got)) => {
             let want = ckpt.get_shaped("scores", &[b])?.to_f32()?;
             for r in 0..b {

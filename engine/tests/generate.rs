@@ -46,7 +46,7 @@ fn cached_greedy_decoding_equals_uncached_recomputation_in_both_flavors() {
         &m.portable,
         &SessionOptions {
             threads: 1,
-            optimize: true,
+            ..SessionOptions::default()
         },
     )
     .unwrap();

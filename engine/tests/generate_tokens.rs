@@ -7,7 +7,6 @@ use std::path::Path;
 
 use engine::generate::backend::{Backend, BackendConfig};
 use engine::generate::beam::BeamSearch;
-use engine::generate::config::Device;
 use engine::generate::scheduler::{Finished, Job, Scheduler, SchedulerConfig};
 use engine::generate::stop::Stopper;
 use engine::sampling::{Decoding, SamplingConfig};
@@ -33,10 +32,14 @@ fn generate(r: &Run<'_>, prompts: &[Vec<TokenId>]) -> Vec<Finished> {
         runtime(),
         &BackendConfig {
             model: r.model.to_path_buf(),
-            threads: 2,
-            device: Device::Cpu,
+            session: SessionOptions {
+                threads: 2,
+                ..SessionOptions::default()
+            },
             slots: r.slots,
             max_len: 256,
+            fixed_shape: false,
+            mover: Default::default(),
         },
     )
     .unwrap();
@@ -106,7 +109,7 @@ fn greedy_tokens_equal_an_uncached_greedy_loop_and_n_samples_share_a_prefill() {
         &m.portable,
         &SessionOptions {
             threads: 1,
-            optimize: true,
+            ..SessionOptions::default()
         },
     )
     .unwrap();
@@ -270,7 +273,7 @@ fn beam_search_with_slot_copies_equals_beam_search_over_full_recomputation() {
         &m.portable,
         &SessionOptions {
             threads: 1,
-            optimize: true,
+            ..SessionOptions::default()
         },
     )
     .unwrap();

@@ -3,7 +3,7 @@ the same prompts and options as `engine generate`, plus the machine's measured s
 
 Usage (the bash driver calls these):
   generate_peers.py prompts OUT.jsonl COUNT             # write COUNT chat prompts (DATA.md records)
-  generate_peers.py genai GENAI_DIR PROMPTS HF_DIR --batch B --n N --new T --threads K
+  generate_peers.py genai GENAI_DIR PROMPTS HF_DIR --batch B --n N --new T --threads K [--device cuda]
   generate_peers.py hf HF_DIR PROMPTS --batch B --n N --new T --threads K
   generate_peers.py sgemm --threads K
 Each timing subcommand prints one JSON line: {"peer", "tokens", "seconds", "tokens_per_s"}.
@@ -60,6 +60,8 @@ def genai(a):
         json.dump(conf, f, indent=2)
     cfg = og.Config(a.model)
     cfg.clear_providers()
+    if a.device == "cuda":
+        cfg.append_provider("cuda")
     model = og.Model(cfg)
     tok = og.Tokenizer(model)
     # The chat template rendered by transformers (the same string every peer tokenizes).
@@ -129,6 +131,7 @@ def main():
     ap.add_argument("--n", type=int, default=1)
     ap.add_argument("--new", type=int, default=64)
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     a = ap.parse_args()
     for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
         os.environ.setdefault(var, str(a.threads))

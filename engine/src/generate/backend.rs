@@ -11,141 +11,107 @@
 //!   same slot buffers, but each step gathers a right-padded past, and the new column is copied back.
 //!   Simpler and slower; it is what GPT-2 exports need.
 //!
-//! Sessions are driven through the C API's `Run` with caller-owned output values: `ort`'s safe
-//! `IoBinding::bind_input` copies borrowed tensors, which would copy the whole cache every step.
+//! Where the bytes live: the slot cache and the concat form's scratch are ONNX Runtime
+//! allocations in the session's device memory ([`super::device`]), bound in place as inputs and
+//! outputs; slot copies (shared prefill, beam reorder, stashes) are device-to-device moves. A
+//! step moves only its inputs (ids, mask, positions) in and the logits rows out, which the copy
+//! counter ([`Transfers`]) counts. The same code runs on CPU, where device memory is host memory.
+//!
+//! Sessions are driven through the C API's `Run` with caller-owned values (IoBinding's job, done
+//! per run): `ort`'s safe `IoBinding::bind_input` clones borrowed tensors, which would copy the
+//! whole cache every step.
 
-use std::ffi::{c_char, CStr, CString};
-use std::path::{Path, PathBuf};
+use std::ffi::CString;
+use std::path::PathBuf;
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{bail, Context, Result};
 use exports::TokenId;
 use ort::memory::MemoryInfo;
 use ort::session::Session;
-use ort::value::{Shape, TensorElementType, TensorRefMut, ValueType};
-use ort::AsPointer;
+use ort::value::TensorElementType;
 
-use super::config::Device;
-use super::kv::KvCache;
+use super::device::{run, DeviceBuffer, DeviceMemory, Feed, Move, MoverChoice, Place};
+use super::kv::{SavedPrefix, SlotCache};
 use crate::runtime::Runtime;
-
-/// How the graph keeps its cache.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CacheForm {
-    /// GroupQueryAttention with past and present sharing one buffer.
-    SharedKv,
-    /// Standard attention, `present = concat(past, new)`, with `position_ids`.
-    Concat,
-}
-
-/// What the graph's inputs and outputs say about the model.
-#[derive(Debug, Clone)]
-pub struct ModelIo {
-    pub layers: usize,
-    pub kv_heads: usize,
-    pub head_dim: usize,
-    pub vocab: usize,
-    pub form: CacheForm,
-    /// `logits` is `[batch, 1, vocab]` (exported with `--last-logits-only`).
-    pub last_logits_only: bool,
-}
-
-impl ModelIo {
-    /// Read the cache form and dimensions from the session's declared inputs and outputs.
-    pub fn discover(session: &Session, model: &Path) -> Result<Self> {
-        let input = |name: &str| session.inputs().iter().find(|i| i.name() == name);
-        let output = |name: &str| session.outputs().iter().find(|o| o.name() == name);
-        for name in ["input_ids", "attention_mask"] {
-            if input(name).is_none() {
-                bail!(
-                    "{}: graph has no `{name}` input; not a decoder export",
-                    model.display()
-                );
-            }
-        }
-        let layers = (0..)
-            .take_while(|i| input(&format!("past_key_values.{i}.key")).is_some())
-            .count();
-        if layers == 0 {
-            bail!(
-                "{}: graph has no `past_key_values.0.key` input; export it with a KV cache",
-                model.display()
-            );
-        }
-        let dims = |ty: &ValueType, what: &str| -> Result<Vec<i64>> {
-            match ty {
-                ValueType::Tensor { ty, shape, .. } => {
-                    if *ty != TensorElementType::Float32 {
-                        bail!("{}: `{what}` is {ty:?}; the engine runs fp32 graphs (export with --dtype fp32)", model.display());
-                    }
-                    Ok(shape.iter().copied().collect())
-                }
-                other => bail!("{}: `{what}` is not a tensor ({other:?})", model.display()),
-            }
-        };
-        let kv = dims(
-            input("past_key_values.0.key")
-                .expect("counted above")
-                .dtype(),
-            "past_key_values.0.key",
-        )?;
-        let fixed = |d: i64, what: &str| -> Result<usize> {
-            usize::try_from(d).map_err(|_| {
-                anyhow!(
-                    "{}: `past_key_values.0.key` has a symbolic {what}",
-                    model.display()
-                )
-            })
-        };
-        if kv.len() != 4 {
-            bail!(
-                "{}: `past_key_values.0.key` has rank {}, expected 4",
-                model.display(),
-                kv.len()
-            );
-        }
-        let logits = output("logits")
-            .ok_or_else(|| anyhow!("{}: graph has no `logits` output", model.display()))?;
-        let l = dims(logits.dtype(), "logits")?;
-        if l.len() != 3 || l[2] <= 0 {
-            bail!(
-                "{}: `logits` must be [batch, seq, vocab] with a fixed vocab, got {l:?}",
-                model.display()
-            );
-        }
-        for i in 0..layers {
-            for kind in ["key", "value"] {
-                if output(&format!("present.{i}.{kind}")).is_none() {
-                    bail!(
-                        "{}: graph has no `present.{i}.{kind}` output",
-                        model.display()
-                    );
-                }
-            }
-        }
-        Ok(ModelIo {
-            layers,
-            kv_heads: fixed(kv[1], "kv_heads")?,
-            head_dim: fixed(kv[3], "head_dim")?,
-            vocab: l[2] as usize,
-            form: if input("position_ids").is_some() {
-                CacheForm::Concat
-            } else {
-                CacheForm::SharedKv
-            },
-            last_logits_only: l[1] == 1,
-        })
-    }
-}
+use crate::session::{kv_names, CacheForm, GraphIo, HeadOutput, SessionOptions};
 
 /// Settings of one backend (one device).
 #[derive(Debug, Clone)]
 pub struct BackendConfig {
     pub model: PathBuf,
-    pub threads: usize,
-    pub device: Device,
+    /// Device, threads and CUDA options of the session.
+    pub session: SessionOptions,
     pub slots: usize,
     /// Longest sequence (prompt + generated) the cache must ever hold.
     pub max_len: usize,
+    /// Decode with fixed shapes: every step runs all slots over the full capacity (allocated
+    /// once, `max_len`), with the ids and mask kept in buffers that persist between steps and
+    /// change only where a row moved. What CUDA graphs need (static shapes and addresses);
+    /// implied by `session.cuda.cuda_graph`.
+    pub fixed_shape: bool,
+    /// How device copies run: `Auto` (memcpy where device memory is host memory, else a copy
+    /// graph on the device); `Graph` forces the copy graph (tests of the GPU path on CPU).
+    pub mover: MoverChoice,
+}
+
+/// Bytes moved between the host and the session's device, the backend's copy counter.
+///
+/// Counted where bytes cross: the step inputs the host writes (ids, mask, positions), the logits
+/// rows it reads back, and any cache bytes that go through the host (only the zeros of a newly
+/// allocated or grown cache: the cache itself lives on the device, see [`super::kv`]). On the
+/// CPU execution provider "crossing" is a host copy, counted the same way, so the CPU tests check
+/// what a GPU would move.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Transfers {
+    pub to_device: u64,
+    pub from_device: u64,
+    /// Bytes of KV cache among the two above.
+    pub cache: u64,
+}
+
+impl std::ops::AddAssign for Transfers {
+    fn add_assign(&mut self, o: Transfers) {
+        self.to_device += o.to_device;
+        self.from_device += o.from_device;
+        self.cache += o.cache;
+    }
+}
+
+/// The copy counter over a backend's life.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct TransferLog {
+    pub prefill: Transfers,
+    pub decode: Transfers,
+    pub decode_steps: u64,
+    /// The latest decode step alone.
+    pub last_decode: Transfers,
+}
+
+impl TransferLog {
+    /// Mean bytes per decode step, (to device, from device, of which cache).
+    pub fn per_decode_step(&self) -> (f64, f64, f64) {
+        let n = self.decode_steps.max(1) as f64;
+        (
+            self.decode.to_device as f64 / n,
+            self.decode.from_device as f64 / n,
+            self.decode.cache as f64 / n,
+        )
+    }
+}
+
+impl std::fmt::Display for TransferLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let (to, from, cache) = self.per_decode_step();
+        write!(
+            f,
+            "host↔device per decode step: {to:.0} B in, {from:.0} B out, {cache:.0} B of them KV cache (mean of {} steps; cache bytes are the zeros of grown buffers); last step {} B in, {} B out; prefill {} B in, {} B out",
+            self.decode_steps,
+            self.last_decode.to_device,
+            self.last_decode.from_device,
+            self.prefill.to_device,
+            self.prefill.from_device
+        )
+    }
 }
 
 /// One row of a decode step: feed `token` at position `pos` (= tokens already cached).
@@ -158,113 +124,73 @@ pub struct StepRow {
 /// Prompt-length cache contents and last logits of one prefill, kept so that samples of the
 /// prompt admitted later (when no slot was free) need not prefill again.
 pub struct Stash {
-    pub kv: Vec<Vec<f32>>,
+    saved: SavedPrefix,
     pub len: usize,
 }
 
 pub struct Backend {
     session: Session,
-    pub io: ModelIo,
-    cache: KvCache,
+    pub io: GraphIo,
+    vocab: usize,
+    cache: SlotCache,
     input_names: Vec<CString>,
     output_names: Vec<CString>,
+    /// Host memory, for the step inputs and the logits.
     mem: MemoryInfo<'static>,
+    dm: DeviceMemory,
+    /// A device copy that failed where the scheduler cannot take an error (slot copies); the
+    /// next prefill or decode returns it.
+    failed: Option<anyhow::Error>,
     /// `[slots, vocab]` last-position logits of the latest decode step.
     logits: Vec<f32>,
     /// Logits of the latest prefill (`[P, vocab]` unless the graph emits last logits only).
     prefill_logits: Vec<f32>,
-    /// Scratch for the concat form: gathered past and produced present.
-    past_scratch: Vec<Vec<f32>>,
-    present_scratch: Vec<Vec<f32>>,
+    /// Device scratch for the concat form: gathered past and produced present, per buffer.
+    past_scratch: Vec<DeviceBuffer>,
+    present_scratch: Vec<DeviceBuffer>,
+    transfers: TransferLog,
+    /// Fixed-shape decode: `[slots]` ids and `[slots, capacity]` mask that persist between
+    /// steps, with each slot's current mask length.
+    fixed: Option<FixedStep>,
 }
 
-fn ort_err(what: &str) -> impl FnOnce(ort::Error) -> anyhow::Error + '_ {
-    move |e| anyhow!("{what}: {e}")
-}
-
-/// A tensor view over caller-owned memory.
+/// The persistent step inputs of fixed-shape decoding.
 ///
-/// # Safety
-/// `ptr` must be valid for `shape`'s element count and outlive the view's use in `Run`.
-unsafe fn view<'a, T>(mem: &MemoryInfo, ptr: *mut T, shape: &[usize]) -> Result<TensorRefMut<'a, T>>
-where
-    T: ort::value::PrimitiveTensorElementType + std::fmt::Debug,
-{
-    let shape = Shape::new(shape.iter().map(|&d| d as i64));
-    TensorRefMut::from_raw(mem.clone(), ptr.cast(), shape)
-        .map_err(ort_err("creating a tensor view"))
-}
-
-/// The inputs and outputs of one `Run`, in the order of the session's name lists; keeps the
-/// views alive while their raw `OrtValue` pointers are in use.
-#[derive(Default)]
-struct Feed<'a> {
-    ints: Vec<TensorRefMut<'a, i64>>,
-    floats: Vec<TensorRefMut<'a, f32>>,
-    inputs: Vec<*const ort::sys::OrtValue>,
-    outputs: Vec<*mut ort::sys::OrtValue>,
-}
-
-impl Feed<'_> {
-    /// # Safety
-    /// As [`view`].
-    unsafe fn ints(&mut self, mem: &MemoryInfo, ptr: *mut i64, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.inputs.push(t.ptr());
-        self.ints.push(t);
-        Ok(())
-    }
-
-    /// # Safety
-    /// As [`view`].
-    unsafe fn floats(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.inputs.push(t.ptr());
-        self.floats.push(t);
-        Ok(())
-    }
-
-    /// # Safety
-    /// As [`view`].
-    unsafe fn output(&mut self, mem: &MemoryInfo, ptr: *mut f32, shape: &[usize]) -> Result<()> {
-        let t = view(mem, ptr, shape)?;
-        self.outputs.push(t.ptr().cast_mut());
-        self.floats.push(t);
-        Ok(())
-    }
+/// The host vectors mirror device buffers at fixed addresses (what a captured CUDA graph
+/// replays): a step uploads only the entries that changed and downloads only the logits rows
+/// asked for.
+struct FixedStep {
+    ids: Vec<i64>,
+    mask: Vec<i64>,
+    mask_len: Vec<usize>,
+    /// `[slots]` i64, `[slots, capacity]` i64 and `[slots, vocab]` f32 on the device.
+    dev_ids: DeviceBuffer,
+    dev_mask: DeviceBuffer,
+    dev_logits: DeviceBuffer,
 }
 
 impl Backend {
     pub fn load(rt: &Runtime, cfg: &BackendConfig) -> Result<Self> {
-        let path = cfg.model.join(exports::onnx::MODEL_FILE);
-        if !path.is_file() {
+        let (session, io) = crate::session::open(rt, &cfg.model, &cfg.session)?;
+        let model = cfg.model.display();
+        let vocab = match (io.head, io.vocab) {
+            (HeadOutput::Score, _) => bail!(
+                "{model}: a reward model (output `score`) cannot generate; pass a language model"
+            ),
+            (_, None) => bail!("{model}: `logits` has no fixed vocabulary size"),
+            (_, Some(v)) => v,
+        };
+        let float = [
+            TensorElementType::Float32,
+            TensorElementType::Float16,
+            TensorElementType::Bfloat16,
+        ];
+        if !float.contains(&io.kv_type) {
             bail!(
-                "{}: not found (export the model with `exports onnx`)",
-                path.display()
+                "{model}: the cache is {:?}; generation runs fp32, fp16 or bf16 graphs",
+                io.kv_type
             );
         }
-        let mut builder = Session::builder(&rt.env)
-            .map_err(ort_err("creating a session builder"))?
-            .with_optimization_level(ort::session::builder::GraphOptimizationLevel::All)
-            .map_err(|e| anyhow!("setting the optimization level: {e}"))?
-            .with_intra_threads(cfg.threads)
-            .map_err(|e| anyhow!("setting {} threads: {e}", cfg.threads))?;
-        if let Device::Cuda(id) = cfg.device {
-            let ep = ort::ep::CUDA::default()
-                .with_device_id(id as i32)
-                .build()
-                .error_on_failure();
-            builder = builder.with_execution_providers([ep]).map_err(|e| {
-                anyhow!(
-                    "--device cuda:{id}: the CUDA execution provider could not be registered ({e}); \
-                     this needs an onnxruntime build with CUDA (onnxruntime-gpu) and a visible GPU"
-                )
-            })?;
-        }
-        let session = builder
-            .commit_from_file(&path)
-            .with_context(|| format!("loading {}", path.display()))?;
-        let io = ModelIo::discover(&session, &cfg.model)?;
         let mut input_names = vec![c"input_ids".to_owned(), c"attention_mask".to_owned()];
         if io.form == CacheForm::Concat {
             input_names.push(c"position_ids".to_owned());
@@ -272,50 +198,174 @@ impl Backend {
         let mut output_names = vec![c"logits".to_owned()];
         for kind in ["key", "value"] {
             for i in 0..io.layers {
-                input_names
-                    .push(CString::new(format!("past_key_values.{i}.{kind}")).expect("no NUL"));
-                output_names.push(CString::new(format!("present.{i}.{kind}")).expect("no NUL"));
+                let (past, present) = kv_names(kind, i);
+                input_names.push(CString::new(past).expect("no NUL"));
+                output_names.push(CString::new(present).expect("no NUL"));
             }
         }
-        let cache = KvCache::new(
+        let fixed_shape = cfg.fixed_shape || cfg.session.cuda.cuda_graph;
+        if fixed_shape && io.form != CacheForm::SharedKv {
+            bail!(
+                "{model}: fixed-shape decoding (--fixed-shape, --cuda-graph) needs an `ort`-flavor export (GroupQueryAttention, shared KV buffer)"
+            );
+        }
+        let capacity = if fixed_shape {
+            cfg.max_len
+        } else {
+            cfg.max_len.min(64)
+        };
+        let cache_bytes = 2
+            * io.layers
+            * cfg.slots
+            * io.kv_heads
+            * capacity
+            * io.head_dim
+            * super::device::element_bytes(io.kv_type).expect("checked above");
+        if let Some(limit) = cfg.session.cuda.mem_limit {
+            // The budget is the CUDA allocator's arena limit: the cache must leave room for
+            // weights and activations, so refuse before any work when it alone takes half.
+            if cache_bytes > limit / 2 {
+                bail!(
+                    "{model}: a KV cache of {} slots × {capacity} positions takes {:.2} GiB, more than half of --cuda-mem-limit {:.2} GiB; use fewer --batch-size slots",
+                    cfg.slots,
+                    cache_bytes as f64 / (1u64 << 30) as f64,
+                    limit as f64 / (1u64 << 30) as f64
+                );
+            }
+        }
+        let mut dm = DeviceMemory::new(
+            rt,
+            &session,
+            &cfg.session,
+            SlotCache::moves_per_slot(io.layers, io.kv_heads),
+            cfg.mover,
+        )?;
+        let cache = SlotCache::new(
+            &mut dm,
             io.layers,
             cfg.slots,
             io.kv_heads,
             io.head_dim,
-            cfg.max_len.min(64),
-        );
+            capacity,
+            io.kv_type,
+        )
+        .with_context(|| format!("{model}: allocating the KV cache on {}", cfg.session.device))?;
+        let fixed = if fixed_shape {
+            // i64 entries are two 4-byte units.
+            Some(FixedStep {
+                ids: vec![0; cfg.slots],
+                mask: vec![0; cfg.slots * capacity],
+                mask_len: vec![0; cfg.slots],
+                dev_ids: dm.zeros(2 * cfg.slots)?,
+                dev_mask: dm.zeros(2 * cfg.slots * capacity)?,
+                dev_logits: dm.zeros(cfg.slots * vocab)?,
+            })
+        } else {
+            None
+        };
+        let scratch =
+            || -> Result<Vec<DeviceBuffer>> { (0..2 * io.layers).map(|_| dm.alloc(0)).collect() };
+        let (past_scratch, present_scratch) = (scratch()?, scratch()?);
         Ok(Backend {
             session,
-            logits: vec![0.0; cfg.slots * io.vocab],
+            logits: vec![0.0; cfg.slots * vocab],
+            vocab,
             prefill_logits: Vec::new(),
-            past_scratch: vec![Vec::new(); 2 * io.layers],
-            present_scratch: vec![Vec::new(); 2 * io.layers],
+            past_scratch,
+            present_scratch,
             io,
             cache,
             input_names,
             output_names,
             mem: MemoryInfo::default(),
+            dm,
+            failed: None,
+            transfers: TransferLog::default(),
+            fixed,
         })
+    }
+
+    /// The copy counter so far.
+    pub fn transfers(&self) -> TransferLog {
+        self.transfers
+    }
+
+    /// Whether device copies run as a graph on the device (not host `memcpy`).
+    pub fn copies_on_device_graph(&self) -> bool {
+        self.dm.uses_graph()
+    }
+
+    /// Vocabulary size (the width of each logits row).
+    pub fn vocab(&self) -> usize {
+        self.vocab
     }
 
     pub fn slots(&self) -> usize {
         self.cache.slots
     }
 
-    /// Make room for sequences of `len` positions (grows geometrically; rarely copies).
-    pub fn ensure_capacity(&mut self, len: usize) {
-        if len > self.cache.capacity {
-            self.cache.grow(len.max(self.cache.capacity * 2));
+    /// The cache's element type, and element counts → 4-byte units of device buffers.
+    fn cache_units(&self) -> (TensorElementType, impl Fn(usize) -> usize + Copy) {
+        let (elem, esize) = (self.cache.elem, self.cache.units(4));
+        (elem, move |n: usize| n * esize / 4)
+    }
+
+    /// A device copy error kept by an infallible call, returned now.
+    fn check(&mut self) -> Result<()> {
+        match self.failed.take() {
+            Some(e) => Err(e),
+            None => Ok(()),
         }
+    }
+
+    /// Host↔device bytes the device memory moved since `before` (zeros of grown buffers).
+    fn moved_since(&self, before: (u64, u64)) -> (u64, u64) {
+        (self.dm.uploaded - before.0, self.dm.downloaded - before.1)
+    }
+
+    fn moved(&self) -> (u64, u64) {
+        (self.dm.uploaded, self.dm.downloaded)
+    }
+
+    /// Make room for sequences of `len` positions (grows geometrically; rarely copies).
+    pub fn ensure_capacity(&mut self, len: usize) -> Result<()> {
+        if len > self.cache.capacity {
+            self.cache
+                .grow(&mut self.dm, len.max(self.cache.capacity * 2))
+                .context("growing the KV cache")?;
+            if let Some(f) = &mut self.fixed {
+                // A new capacity is a new mask layout: rewrite every row at the next step.
+                f.mask = vec![0; self.cache.slots * self.cache.capacity];
+                f.mask_len.fill(0);
+                f.dev_mask = self.dm.zeros(2 * self.cache.slots * self.cache.capacity)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// A scratch buffer of at least `len` floats (reallocated, never shrunk).
+    fn ensure_scratch(dm: &mut DeviceMemory, bufs: &mut [DeviceBuffer], len: usize) -> Result<()> {
+        for b in bufs.iter_mut() {
+            if b.len() < len {
+                *b = dm.alloc(len)?;
+            }
+        }
+        Ok(())
     }
 
     /// Run the prompt through slot `slot` (batch 1); returns the logits of its last position.
     pub fn prefill(&mut self, slot: usize, ids: &[TokenId]) -> Result<&[f32]> {
+        self.check()?;
         let p = ids.len();
         assert!(p > 0, "prefill of an empty prompt; this is a bug");
-        self.ensure_capacity(p + 1);
-        let v = self.io.vocab;
-        let rows = if self.io.last_logits_only { 1 } else { p };
+        let before = self.moved();
+        self.ensure_capacity(p + 1)?;
+        let v = self.vocab;
+        let rows = if self.io.head == HeadOutput::LastLogits {
+            1
+        } else {
+            p
+        };
         self.prefill_logits.resize(rows * v, 0.0);
         let mut input_ids: Vec<i64> = ids.iter().map(|t| t.as_i64()).collect();
         let mut mask = vec![1i64; p];
@@ -325,8 +375,11 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
-        let mem = self.mem.clone();
-        let mut dummy = [0f32; 1];
+        let (elem, u) = self.cache_units();
+        if self.io.form == CacheForm::Concat {
+            Self::ensure_scratch(&mut self.dm, &mut self.present_scratch, u(kvh * p * hd))?;
+        }
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: every view points into a buffer that is neither moved nor resized until `run`
         // returns, and each shape's element count fits its buffer.
         unsafe {
@@ -336,38 +389,55 @@ impl Backend {
             feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[1, rows, v])?;
             match self.io.form {
                 CacheForm::SharedKv => {
-                    for buf in self.cache.bufs.iter_mut() {
-                        let ptr = buf.as_mut_ptr().add(slot * kvh * cap * hd);
-                        feed.floats(&mem, ptr, &[1, kvh, cap, hd])?;
-                        feed.output(&mem, ptr, &[1, kvh, cap, hd])?;
+                    for buf in &self.cache.bufs {
+                        let ptr = buf.at(u(slot * kvh * cap * hd));
+                        feed.typed(&dev, ptr, &[1, kvh, cap, hd], elem, false)?;
+                        feed.typed(&dev, ptr, &[1, kvh, cap, hd], elem, true)?;
                     }
                 }
                 CacheForm::Concat => {
                     feed.ints(&mem, positions.as_mut_ptr(), &[1, p])?;
-                    for scratch in self.present_scratch.iter_mut() {
-                        scratch.resize(kvh * p * hd, 0.0);
-                        feed.floats(&mem, dummy.as_mut_ptr(), &[1, kvh, 0, hd])?;
-                        feed.output(&mem, scratch.as_mut_ptr(), &[1, kvh, p, hd])?;
+                    for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
+                        feed.typed(&dev, past.at(0), &[1, kvh, 0, hd], elem, false)?;
+                        feed.typed(&dev, present.at(0), &[1, kvh, p, hd], elem, true)?;
                     }
                 }
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
         if self.io.form == CacheForm::Concat {
-            for (buf, scratch) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
+            let mut moves = Vec::with_capacity(self.cache.bufs.len() * kvh);
+            for (buf, scratch) in self.cache.bufs.iter().zip(&self.present_scratch) {
                 for h in 0..kvh {
-                    let dst = (slot * kvh + h) * cap * hd;
-                    buf[dst..dst + p * hd].copy_from_slice(&scratch[h * p * hd..(h + 1) * p * hd]);
+                    moves.push(Move {
+                        src: Place::Device(scratch.at(u(h * p * hd))),
+                        dst: Place::Device(buf.at(u((slot * kvh + h) * cap * hd))),
+                        len: u(p * hd),
+                    });
                 }
             }
+            self.dm
+                .run(&moves)
+                .context("prefill: placing the new keys and values")?;
         }
+        let step_inputs = if self.io.form == CacheForm::Concat {
+            3
+        } else {
+            2
+        };
+        let (up, down) = self.moved_since(before);
+        self.transfers.prefill += Transfers {
+            to_device: (step_inputs * p * 8) as u64 + up,
+            from_device: (rows * v * 4) as u64 + down,
+            cache: up + down,
+        };
         Ok(&self.prefill_logits[(rows - 1) * v..rows * v])
     }
 
     /// Whether [`Backend::prefill_rows`] can run: a shared KV buffer (slots are contiguous) and a
     /// graph that picks each row's last real token (so right padding does not matter).
     pub fn can_prefill_rows(&self) -> bool {
-        self.io.form == CacheForm::SharedKv && self.io.last_logits_only
+        self.io.form == CacheForm::SharedKv && self.io.head == HeadOutput::LastLogits
     }
 
     /// Prefill `prompts[i]` into slot `first + i`, all in one run with right padding; returns
@@ -375,6 +445,7 @@ impl Backend {
     /// a batch-1 [`Backend::prefill`] bit for bit (the matrix products are row-independent and
     /// attention stops at each row's length), which the batch-size invariance tests check.
     pub fn prefill_rows(&mut self, first: usize, prompts: &[&[TokenId]]) -> Result<&[f32]> {
+        self.check()?;
         assert!(
             self.can_prefill_rows(),
             "prefill_rows on a graph that cannot; this is a bug"
@@ -391,8 +462,9 @@ impl Backend {
             prompts.iter().all(|ids| !ids.is_empty()),
             "prefill of an empty prompt; this is a bug"
         );
-        self.ensure_capacity(p + 1);
-        let v = self.io.vocab;
+        let before = self.moved();
+        self.ensure_capacity(p + 1)?;
+        let v = self.vocab;
         self.prefill_logits.resize(b * v, 0.0);
         let mut input_ids = vec![0i64; b * p];
         let mut mask = vec![0i64; b * p];
@@ -407,42 +479,64 @@ impl Backend {
             self.cache.head_dim,
             self.cache.capacity,
         );
-        let mem = self.mem.clone();
+        let (elem, u) = self.cache_units();
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`; slots `first..first + b` are contiguous in every cache buffer.
         unsafe {
             let mut feed = Feed::default();
             feed.ints(&mem, input_ids.as_mut_ptr(), &[b, p])?;
             feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
             feed.output(&mem, self.prefill_logits.as_mut_ptr(), &[b, 1, v])?;
-            for buf in self.cache.bufs.iter_mut() {
-                let ptr = buf.as_mut_ptr().add(first * kvh * cap * hd);
-                feed.floats(&mem, ptr, &[b, kvh, cap, hd])?;
-                feed.output(&mem, ptr, &[b, kvh, cap, hd])?;
+            for buf in &self.cache.bufs {
+                let ptr = buf.at(u(first * kvh * cap * hd));
+                feed.typed(&dev, ptr, &[b, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, ptr, &[b, kvh, cap, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed).context("prefill")?;
         }
+        let (up, down) = self.moved_since(before);
+        self.transfers.prefill += Transfers {
+            to_device: (2 * b * p * 8) as u64 + up,
+            from_device: (b * v * 4) as u64 + down,
+            cache: up + down,
+        };
         Ok(&self.prefill_logits[..b * v])
     }
 
     /// One decode step over slots `0..rows.len()`; `None` rows are idle (their slot's contents may
     /// be overwritten at position 0). Returns `[rows, vocab]` logits.
     pub fn decode(&mut self, rows: &[Option<StepRow>]) -> Result<&[f32]> {
+        self.check()?;
         let b = rows.len();
         assert!(
             b > 0 && b <= self.cache.slots,
             "decode of {b} rows; this is a bug"
         );
+        let before = self.moved();
         let longest = rows.iter().flatten().map(|r| r.pos).max().unwrap_or(0);
-        self.ensure_capacity(longest + 1);
+        self.ensure_capacity(longest + 1)?;
         let mut input_ids: Vec<i64> = rows
             .iter()
             .map(|r| r.map_or(0, |r| r.token.as_i64()))
             .collect();
-        match self.io.form {
-            CacheForm::SharedKv => self.decode_shared(rows, &mut input_ids, longest)?,
-            CacheForm::Concat => self.decode_concat(rows, &mut input_ids, longest)?,
-        }
-        Ok(&self.logits[..b * self.io.vocab])
+        // Step I/O the device memory moved itself (fixed shape), not to be counted twice.
+        let (mut t, io) = match self.io.form {
+            CacheForm::SharedKv if self.fixed.is_some() => {
+                let t = self.decode_fixed(rows)?;
+                (t, (t.to_device, t.from_device))
+            }
+            CacheForm::SharedKv => (self.decode_shared(rows, &mut input_ids, longest)?, (0, 0)),
+            CacheForm::Concat => (self.decode_concat(rows, &mut input_ids, longest)?, (0, 0)),
+        };
+        let (up, down) = self.moved_since(before);
+        let (up, down) = (up - io.0, down - io.1);
+        t.to_device += up;
+        t.from_device += down;
+        t.cache += up + down;
+        self.transfers.decode += t;
+        self.transfers.decode_steps += 1;
+        self.transfers.last_decode = t;
+        Ok(&self.logits[..b * self.vocab])
     }
 
     /// Shared form, right padding: row b holds its pos_b cached tokens, then the new one; GQA
@@ -453,51 +547,151 @@ impl Backend {
         rows: &[Option<StepRow>],
         input_ids: &mut [i64],
         longest: usize,
-    ) -> Result<()> {
+    ) -> Result<Transfers> {
         let b = rows.len();
-        let v = self.io.vocab;
+        let v = self.vocab;
         let (kvh, hd, cap) = (
             self.cache.kv_heads,
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, _) = self.cache_units();
         let total = longest + 1;
         let mut mask = vec![0i64; b * total];
         for (i, r) in rows.iter().enumerate() {
             let n = r.map_or(1, |r| r.pos + 1);
             mask[i * total..i * total + n].fill(1);
         }
-        let mem = self.mem.clone();
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`.
         unsafe {
             let mut feed = Feed::default();
             feed.ints(&mem, input_ids.as_mut_ptr(), &[b, 1])?;
             feed.ints(&mem, mask.as_mut_ptr(), &[b, total])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
-            for buf in self.cache.bufs.iter_mut() {
-                feed.floats(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
-                feed.output(&mem, buf.as_mut_ptr(), &[b, kvh, cap, hd])?;
+            for buf in &self.cache.bufs {
+                feed.typed(&dev, buf.at(0), &[b, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, buf.at(0), &[b, kvh, cap, hd], elem, true)?;
             }
-            run(&self.session, &self.input_names, &self.output_names, &feed).context("decode step")
+            run(&self.session, &self.input_names, &self.output_names, &feed)
+                .context("decode step")?;
         }
+        Ok(Transfers {
+            to_device: (b * 8 + b * total * 8) as u64,
+            from_device: (b * v * 4) as u64,
+            cache: 0,
+        })
+    }
+
+    /// Fixed-shape form: every slot, the full capacity. Rows past `rows.len()` are idle like
+    /// `None` rows. The mask keeps each slot's ones from the last step, so a step writes only
+    /// the entries that changed (one per moving row) and the new ids.
+    fn decode_fixed(&mut self, rows: &[Option<StepRow>]) -> Result<Transfers> {
+        let v = self.vocab;
+        let (slots, kvh, hd, cap) = (
+            self.cache.slots,
+            self.cache.kv_heads,
+            self.cache.head_dim,
+            self.cache.capacity,
+        );
+        let (elem, _) = self.cache_units();
+        let f = self.fixed.as_mut().expect("fixed-shape decode");
+        let mut moves = Vec::new();
+        let unit = |p: *mut i64| p.cast::<f32>();
+        for i in 0..slots {
+            let row = rows.get(i).copied().flatten();
+            let id = row.map_or(0, |r| r.token.as_i64());
+            if f.ids[i] != id {
+                f.ids[i] = id;
+                moves.push(Move {
+                    src: Place::Host(unit(&mut f.ids[i])),
+                    dst: Place::Device(f.dev_ids.at(2 * i)),
+                    len: 2,
+                });
+            }
+            let n = row.map_or(1, |r| r.pos + 1);
+            let old = f.mask_len[i];
+            if n != old {
+                let line = &mut f.mask[i * cap..(i + 1) * cap];
+                let (lo, hi) = (n.min(old), n.max(old));
+                line[lo..hi].fill(if n > old { 1 } else { 0 });
+                moves.push(Move {
+                    src: Place::Host(unit(&mut line[lo])),
+                    dst: Place::Device(f.dev_mask.at(2 * (i * cap + lo))),
+                    len: 2 * (hi - lo),
+                });
+                f.mask_len[i] = n;
+            }
+        }
+        let before = (self.dm.uploaded, self.dm.downloaded);
+        self.dm
+            .run(&moves)
+            .context("uploading the step's ids and mask")?;
+        let dev = self.dm.mem.clone();
+        // SAFETY: as in `prefill`; the fixed device buffers live as long as the backend.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.typed(
+                &dev,
+                f.dev_ids.at(0),
+                &[slots, 1],
+                TensorElementType::Int64,
+                false,
+            )?;
+            feed.typed(
+                &dev,
+                f.dev_mask.at(0),
+                &[slots, cap],
+                TensorElementType::Int64,
+                false,
+            )?;
+            feed.typed(
+                &dev,
+                f.dev_logits.at(0),
+                &[slots, 1, v],
+                TensorElementType::Float32,
+                true,
+            )?;
+            for buf in &self.cache.bufs {
+                feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, false)?;
+                feed.typed(&dev, buf.at(0), &[slots, kvh, cap, hd], elem, true)?;
+            }
+            run(&self.session, &self.input_names, &self.output_names, &feed)
+                .context("decode step (fixed shape)")?;
+        }
+        // Only the rows the scheduler asked for are read back.
+        let back = Move {
+            src: Place::Device(f.dev_logits.at(0)),
+            dst: Place::Host(self.logits.as_mut_ptr()),
+            len: rows.len() * v,
+        };
+        self.dm.run(&[back]).context("reading the logits")?;
+        // Counted by the device memory; reported as step I/O, not cache, by `decode`.
+        Ok(Transfers {
+            to_device: self.dm.uploaded - before.0,
+            from_device: self.dm.downloaded - before.1,
+            cache: 0,
+        })
     }
 
     /// Concat form: gather a right-padded past `[b, kv, T, hd]` (T = longest cached length), feed
     /// the new token at its own position with the pad columns masked, and copy the new column
-    /// (index T of `present`) back to position pos_b of the slot.
+    /// (index T of `present`) back to position pos_b of the slot. Gather and scatter are device
+    /// moves; only the step inputs and logits cross.
     fn decode_concat(
         &mut self,
         rows: &[Option<StepRow>],
         input_ids: &mut [i64],
         t: usize,
-    ) -> Result<()> {
+    ) -> Result<Transfers> {
         let b = rows.len();
-        let v = self.io.vocab;
+        let v = self.vocab;
         let (kvh, hd, cap) = (
             self.cache.kv_heads,
             self.cache.head_dim,
             self.cache.capacity,
         );
+        let (elem, u) = self.cache_units();
         let mut mask = vec![0i64; b * (t + 1)];
         let mut positions = vec![0i64; b];
         for (i, r) in rows.iter().enumerate() {
@@ -506,20 +700,36 @@ impl Backend {
             mask[i * (t + 1) + t] = 1;
             positions[i] = pos as i64;
         }
-        for (buf, past) in self.cache.bufs.iter().zip(self.past_scratch.iter_mut()) {
-            past.clear();
-            past.resize(b * kvh * t * hd, 0.0);
+        // The pad columns of the past are masked out, so their contents do not matter; they
+        // keep whatever the scratch held (zeros when first allocated).
+        Self::ensure_scratch(
+            &mut self.dm,
+            &mut self.past_scratch,
+            (b * kvh * t * hd).max(1),
+        )?;
+        Self::ensure_scratch(
+            &mut self.dm,
+            &mut self.present_scratch,
+            b * kvh * (t + 1) * hd,
+        )?;
+        let mut gather = Vec::new();
+        for (buf, past) in self.cache.bufs.iter().zip(&self.past_scratch) {
             for (i, r) in rows.iter().enumerate() {
                 let n = r.map_or(0, |r| r.pos);
+                if n == 0 {
+                    continue;
+                }
                 for h in 0..kvh {
-                    let src = (i * kvh + h) * cap * hd;
-                    let dst = (i * kvh + h) * t * hd;
-                    past[dst..dst + n * hd].copy_from_slice(&buf[src..src + n * hd]);
+                    gather.push(Move {
+                        src: Place::Device(buf.at(u((i * kvh + h) * cap * hd))),
+                        dst: Place::Device(past.at(u((i * kvh + h) * t * hd))),
+                        len: u(n * hd),
+                    });
                 }
             }
         }
-        let mem = self.mem.clone();
-        let mut dummy = [0f32; 1];
+        self.dm.run(&gather).context("gathering the past")?;
+        let (mem, dev) = (self.mem.clone(), self.dm.mem.clone());
         // SAFETY: as in `prefill`.
         unsafe {
             let mut feed = Feed::default();
@@ -527,95 +737,70 @@ impl Backend {
             feed.ints(&mem, mask.as_mut_ptr(), &[b, t + 1])?;
             feed.ints(&mem, positions.as_mut_ptr(), &[b, 1])?;
             feed.output(&mem, self.logits.as_mut_ptr(), &[b, 1, v])?;
-            for (past, present) in self
-                .past_scratch
-                .iter_mut()
-                .zip(self.present_scratch.iter_mut())
-            {
-                present.resize(b * kvh * (t + 1) * hd, 0.0);
-                let pp = if t == 0 {
-                    dummy.as_mut_ptr()
-                } else {
-                    past.as_mut_ptr()
-                };
-                feed.floats(&mem, pp, &[b, kvh, t, hd])?;
-                feed.output(&mem, present.as_mut_ptr(), &[b, kvh, t + 1, hd])?;
+            for (past, present) in self.past_scratch.iter().zip(&self.present_scratch) {
+                feed.typed(&dev, past.at(0), &[b, kvh, t, hd], elem, false)?;
+                feed.typed(&dev, present.at(0), &[b, kvh, t + 1, hd], elem, true)?;
             }
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
         }
-        for (buf, present) in self.cache.bufs.iter_mut().zip(&self.present_scratch) {
+        let mut scatter = Vec::new();
+        for (buf, present) in self.cache.bufs.iter().zip(&self.present_scratch) {
             for (i, r) in rows.iter().enumerate() {
                 let Some(r) = r else { continue };
                 for h in 0..kvh {
-                    let src = ((i * kvh + h) * (t + 1) + t) * hd;
-                    let dst = ((i * kvh + h) * cap + r.pos) * hd;
-                    buf[dst..dst + hd].copy_from_slice(&present[src..src + hd]);
+                    scatter.push(Move {
+                        src: Place::Device(present.at(u(((i * kvh + h) * (t + 1) + t) * hd))),
+                        dst: Place::Device(buf.at(u(((i * kvh + h) * cap + r.pos) * hd))),
+                        len: u(hd),
+                    });
                 }
             }
         }
-        Ok(())
+        self.dm
+            .run(&scatter)
+            .context("placing the new keys and values")?;
+        Ok(Transfers {
+            to_device: (b * 8 + b * (t + 1) * 8 + b * 8) as u64,
+            from_device: (b * v * 4) as u64,
+            cache: 0,
+        })
     }
 
-    /// Copy the first `len` cached positions of slot `src` into slot `dst`.
+    /// Copy the first `len` cached positions of slot `src` into slot `dst` (on the device). An
+    /// error is returned by the next prefill or decode.
     pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) {
-        self.cache.copy_prefix(src, dst, len);
+        if let Err(e) = self.cache.copy_prefix(&mut self.dm, src, dst, len) {
+            self.failed
+                .get_or_insert(e.context("copying a slot's prefix"));
+        }
     }
 
-    pub fn stash(&self, slot: usize, len: usize) -> Stash {
-        Stash {
-            kv: self.cache.save_prefix(slot, len),
-            len,
+    /// A device copy of slot `slot`'s first `len` positions. An error is returned by the next
+    /// prefill or decode (the stash is then empty and never used).
+    pub fn stash(&mut self, slot: usize, len: usize) -> Stash {
+        match self.cache.save_prefix(&mut self.dm, slot, len) {
+            Ok(saved) => Stash { saved, len },
+            Err(e) => {
+                self.failed.get_or_insert(e.context("stashing a prefill"));
+                Stash {
+                    saved: SavedPrefix {
+                        kv: Vec::new(),
+                        len: 0,
+                    },
+                    len,
+                }
+            }
         }
     }
 
     pub fn unstash(&mut self, stash: &Stash, slot: usize) {
-        self.ensure_capacity(stash.len + 1);
-        self.cache.load_prefix(&stash.kv, slot, stash.len);
+        let r = self
+            .ensure_capacity(stash.len + 1)
+            .and_then(|()| self.cache.load_prefix(&mut self.dm, &stash.saved, slot));
+        if let Err(e) = r {
+            self.failed
+                .get_or_insert(e.context("restoring a stashed prefill"));
+        }
     }
-}
-
-/// `Run` with caller-owned outputs (the C API fills them in place).
-///
-/// # Safety
-/// Every pointer in `feed` must be a live `OrtValue` over memory valid for the call, in the order
-/// of the name lists.
-unsafe fn run(
-    session: &Session,
-    input_names: &[CString],
-    output_names: &[CString],
-    feed: &Feed<'_>,
-) -> Result<()> {
-    assert_eq!(
-        feed.inputs.len(),
-        input_names.len(),
-        "input count; this is a bug"
-    );
-    assert_eq!(
-        feed.outputs.len(),
-        output_names.len(),
-        "output count; this is a bug"
-    );
-    let in_names: Vec<*const c_char> = input_names.iter().map(|n| n.as_ptr()).collect();
-    let out_names: Vec<*const c_char> = output_names.iter().map(|n| n.as_ptr()).collect();
-    let mut outs = feed.outputs.clone();
-    let api = ort::api();
-    let status = (api.Run)(
-        session.ptr().cast_mut(),
-        std::ptr::null(),
-        in_names.as_ptr(),
-        feed.inputs.as_ptr(),
-        feed.inputs.len(),
-        out_names.as_ptr(),
-        out_names.len(),
-        outs.as_mut_ptr(),
-    );
-    if !status.0.is_null() {
-        let msg = CStr::from_ptr((api.GetErrorMessage)(status.0))
-            .to_string_lossy()
-            .into_owned();
-        (api.ReleaseStatus)(status.0);
-        bail!("ONNX Runtime: {msg}");
-    }
-    Ok(())
 }

@@ -85,12 +85,26 @@ pub struct GenerateArgs {
     /// Cache slots per device (rows decoded together).
     #[arg(long, default_value_t = 16)]
     pub batch_size: usize,
-    /// Intra-op threads (default: physical cores).
+    /// Intra-op threads (0 or no flag: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
     /// `cpu`, or `cuda:0[,cuda:1…]` (one session per GPU).
     #[arg(long, default_value = "cpu", value_parser = parse_devices)]
     pub device: std::vec::Vec<Device>,
+    /// Capture decode steps as CUDA graphs (`enable_cuda_graph`; implies --fixed-shape).
+    #[arg(long)]
+    pub cuda_graph: bool,
+    /// Limit of the CUDA allocator's arena, e.g. `20G`, `512M` or bytes; the KV cache must fit
+    /// in half of it (checked before any work).
+    #[arg(long, value_name = "SIZE", value_parser = crate::session::parse_bytes)]
+    pub cuda_mem_limit: Option<usize>,
+    /// Decode every step over all slots and the full context, with persistent step inputs
+    /// (what CUDA graphs need; `ort`-flavor exports only).
+    #[arg(long)]
+    pub fixed_shape: bool,
+    /// Add the copy counter (host↔device bytes per decode step) to the summary line.
+    #[arg(long)]
+    pub verbose: bool,
     #[arg(long, value_enum, default_value = "auto")]
     pub chat_template: ChatTemplateArg,
     /// Skip prompts whose id is already in --out and append the rest.
@@ -136,6 +150,12 @@ impl GenerateArgs {
             batch_size: self.batch_size,
             threads: self.threads,
             devices: self.device,
+            cuda: crate::session::CudaOptions {
+                cuda_graph: self.cuda_graph,
+                mem_limit: self.cuda_mem_limit,
+            },
+            fixed_shape: self.fixed_shape,
+            verbose: self.verbose,
             chat_template: match self.chat_template {
                 ChatTemplateArg::Auto => ChatTemplateMode::Auto,
                 ChatTemplateArg::None => ChatTemplateMode::None,

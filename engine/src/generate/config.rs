@@ -7,13 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::sampling::{Decoding, SamplingConfig};
 
-/// Where a backend runs.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Device {
-    Cpu,
-    /// CUDA execution provider on the GPU with this ordinal.
-    Cuda(usize),
-}
+pub use crate::session::Device;
 
 /// `cpu` or `cuda:0[,cuda:1…]` (one backend, with its own session and slots, per GPU).
 pub fn parse_devices(s: &str) -> Result<Vec<Device>, String> {
@@ -22,15 +16,14 @@ pub fn parse_devices(s: &str) -> Result<Vec<Device>, String> {
     }
     let mut out = Vec::new();
     for part in s.split(',') {
-        let part = part.trim();
-        let id = part
-            .strip_prefix("cuda:")
-            .and_then(|n| n.parse::<usize>().ok())
-            .ok_or_else(|| format!("--device: `{part}` is not `cpu` or `cuda:N`"))?;
-        if out.contains(&Device::Cuda(id)) {
-            return Err(format!("--device: cuda:{id} given twice"));
+        let device: Device = part.parse()?;
+        if device == Device::Cpu {
+            return Err(format!("--device `{s}`: `cpu` stands alone"));
         }
-        out.push(Device::Cuda(id));
+        if out.contains(&device) {
+            return Err(format!("--device: {device} given twice"));
+        }
+        out.push(device);
     }
     Ok(out)
 }
@@ -94,9 +87,15 @@ pub struct GenerateConfig {
     pub seed: u64,
     /// Cache slots per device: rows decoded together.
     pub batch_size: usize,
-    /// Intra-op threads; `None` = physical cores.
+    /// Intra-op threads; `None` or 0 = physical cores (`session::resolve_threads`).
     pub threads: Option<usize>,
     pub devices: Vec<Device>,
+    /// CUDA execution provider options (CUDA graphs, the allocator's memory limit).
+    pub cuda: crate::session::CudaOptions,
+    /// Fixed-shape decode steps (implied by `cuda.cuda_graph`); see `backend::BackendConfig`.
+    pub fixed_shape: bool,
+    /// Add the copy counter (host↔device bytes per decode step) to the summary.
+    pub verbose: bool,
     pub chat_template: ChatTemplateMode,
     pub resume: bool,
     pub skip_invalid: bool,
@@ -128,6 +127,9 @@ impl GenerateConfig {
             batch_size: 16,
             threads: None,
             devices: vec![Device::Cpu],
+            cuda: crate::session::CudaOptions::default(),
+            fixed_shape: false,
+            verbose: false,
             chat_template: ChatTemplateMode::Auto,
             resume: false,
             skip_invalid: false,
@@ -145,9 +147,6 @@ impl GenerateConfig {
         }
         if self.batch_size == 0 {
             bail!("--batch-size must be at least 1");
-        }
-        if self.threads == Some(0) {
-            bail!("--threads must be at least 1");
         }
         if self.devices.is_empty() {
             bail!("--device names no device");
@@ -176,38 +175,7 @@ impl GenerateConfig {
     }
 
     pub fn threads(&self) -> usize {
-        self.threads.unwrap_or_else(physical_cores)
-    }
-}
-
-/// Physical cores (hyper-threads share a core's FMA units, so more threads than cores only adds
-/// contention for GEMM): distinct (physical id, core id) pairs in /proc/cpuinfo, else the
-/// logical count.
-pub fn physical_cores() -> usize {
-    let logical = std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1);
-    let Ok(info) = std::fs::read_to_string("/proc/cpuinfo") else {
-        return logical;
-    };
-    let mut pairs = std::collections::BTreeSet::new();
-    let mut phys = String::new();
-    for line in info.lines() {
-        if let Some((k, v)) = line.split_once(':') {
-            match k.trim() {
-                "physical id" => phys = v.trim().to_string(),
-                "core id" => {
-                    pairs.insert((phys.clone(), v.trim().to_string()));
-                }
-                _ => {}
-            }
-        }
-    }
-    // Containers may expose fewer CPUs than the host's core list.
-    if pairs.is_empty() {
-        logical
-    } else {
-        pairs.len().min(logical)
+        crate::session::resolve_threads(self.threads.unwrap_or(0))
     }
 }
 

@@ -1,136 +1,184 @@
-//! Host KV cache: per layer, one key and one value buffer `[slots, kv_heads, capacity, head_dim]`.
-//! The slot is the outermost dimension so that one slot's region is contiguous (a prefill binds a
-//! view of it), and a slot's first `n` positions are `kv_heads` runs of `n · head_dim` floats.
+//! The generation cache: per layer, one key and one value buffer `[slots, kv_heads, capacity,
+//! head_dim]` in the session's device memory ([`DeviceMemory`]). The slot is the outermost
+//! dimension so that one slot's region is contiguous (a prefill binds a view of it), and a slot's
+//! first `n` positions are `kv_heads` runs of `n · head_dim` floats. Every change of contents
+//! other than the graph's own writes is a list of device-to-device [`Move`]s (prefix copies,
+//! re-layouts, saved prefixes); only the zeros of a new buffer come from the host.
 
-pub struct KvCache {
+use anyhow::{bail, Result};
+use ort::value::TensorElementType;
+
+use super::device::{element_bytes, DeviceBuffer, DeviceMemory, Move, Place};
+
+pub struct SlotCache {
     /// Keys of layers 0..L, then values of layers 0..L (the graph's input order).
-    pub bufs: Vec<Vec<f32>>,
+    pub bufs: Vec<DeviceBuffer>,
     pub slots: usize,
     pub kv_heads: usize,
     pub head_dim: usize,
     pub capacity: usize,
+    /// The graph's cache type (fp32, or fp16/bf16 for half-precision exports).
+    pub elem: TensorElementType,
+    /// Bytes per element. Buffers and moves count 4-byte units (copies do not care about the
+    /// type); every offset is a multiple of `head_dim`, which is even, so half-precision offsets
+    /// fall on whole units.
+    esize: usize,
 }
 
-impl KvCache {
+/// The first positions of one slot, kept on the device: per buffer `[kv_heads, len, head_dim]`.
+pub struct SavedPrefix {
+    pub kv: Vec<DeviceBuffer>,
+    pub len: usize,
+}
+
+impl SlotCache {
+    /// A zero-filled cache of `elem` values.
     pub fn new(
+        dm: &mut DeviceMemory,
         layers: usize,
         slots: usize,
         kv_heads: usize,
         head_dim: usize,
         capacity: usize,
-    ) -> Self {
-        let n = slots * kv_heads * capacity * head_dim;
-        KvCache {
-            bufs: (0..2 * layers).map(|_| vec![0.0; n]).collect(),
+        elem: TensorElementType,
+    ) -> Result<Self> {
+        let Some(esize) = element_bytes(elem) else {
+            bail!("a {elem:?} KV cache: the engine keeps fp32, fp16 or bf16 caches");
+        };
+        if esize < 4 && !head_dim.is_multiple_of(2) {
+            bail!("a half-precision KV cache needs an even head_dim, got {head_dim}");
+        }
+        let mut c = SlotCache {
+            bufs: Vec::new(),
             slots,
             kv_heads,
             head_dim,
             capacity,
-        }
+            elem,
+            esize,
+        };
+        let n = c.units(slots * kv_heads * capacity * head_dim);
+        c.bufs = (0..2 * layers)
+            .map(|_| dm.zeros(n))
+            .collect::<Result<_>>()?;
+        Ok(c)
+    }
+
+    /// 4-byte units of `elems` cache values (offsets and lengths of buffers and moves).
+    pub fn units(&self, elems: usize) -> usize {
+        elems * self.esize / 4
+    }
+
+    /// Moves per slot and buffer set: one run of positions per head and buffer.
+    pub fn moves_per_slot(layers: usize, kv_heads: usize) -> usize {
+        2 * layers * kv_heads
     }
 
     /// Start of (slot, head) in a buffer.
-    fn base(&self, slot: usize, head: usize) -> usize {
+    pub fn base(&self, slot: usize, head: usize) -> usize {
         (slot * self.kv_heads + head) * self.capacity * self.head_dim
     }
 
-    /// Re-lay every buffer with a larger capacity, keeping contents.
-    pub fn grow(&mut self, capacity: usize) {
+    /// Re-lay every buffer with a larger capacity, keeping contents (device-to-device).
+    pub fn grow(&mut self, dm: &mut DeviceMemory, capacity: usize) -> Result<()> {
         assert!(
             capacity >= self.capacity,
             "shrinking the cache; this is a bug"
         );
         let (old, hd) = (self.capacity, self.head_dim);
-        for buf in self.bufs.iter_mut() {
-            let mut next = vec![0.0; self.slots * self.kv_heads * capacity * hd];
-            for run in 0..self.slots * self.kv_heads {
-                next[run * capacity * hd..(run * capacity + old) * hd]
-                    .copy_from_slice(&buf[run * old * hd..(run + 1) * old * hd]);
-            }
-            *buf = next;
+        let n = self.units(self.slots * self.kv_heads * capacity * hd);
+        let mut next = Vec::with_capacity(self.bufs.len());
+        for buf in &self.bufs {
+            let fresh = dm.zeros(n)?;
+            let moves: Vec<Move> = (0..self.slots * self.kv_heads)
+                .map(|run| Move {
+                    src: Place::Device(buf.at(self.units(run * old * hd))),
+                    dst: Place::Device(fresh.at(self.units(run * capacity * hd))),
+                    len: self.units(old * hd),
+                })
+                .collect();
+            dm.run(&moves)?;
+            next.push(fresh);
         }
+        self.bufs = next;
         self.capacity = capacity;
+        Ok(())
     }
 
-    pub fn copy_prefix(&mut self, src: usize, dst: usize, len: usize) {
+    /// Copy the first `len` positions of slot `src` into slot `dst`; the rest of `dst` keeps
+    /// its contents.
+    pub fn copy_prefix(
+        &mut self,
+        dm: &mut DeviceMemory,
+        src: usize,
+        dst: usize,
+        len: usize,
+    ) -> Result<()> {
         if src == dst || len == 0 {
-            return;
+            return Ok(());
         }
-        let n = len * self.head_dim;
-        for h in 0..self.kv_heads {
-            let (s, d) = (self.base(src, h), self.base(dst, h));
-            for buf in self.bufs.iter_mut() {
-                buf.copy_within(s..s + n, d);
+        let n = self.units(len * self.head_dim);
+        let mut moves = Vec::with_capacity(self.bufs.len() * self.kv_heads);
+        for buf in &self.bufs {
+            for h in 0..self.kv_heads {
+                moves.push(Move {
+                    src: Place::Device(buf.at(self.units(self.base(src, h)))),
+                    dst: Place::Device(buf.at(self.units(self.base(dst, h)))),
+                    len: n,
+                });
             }
         }
+        dm.run(&moves)
     }
 
-    /// The first `len` positions of a slot, per buffer `[kv_heads, len, head_dim]`.
-    pub fn save_prefix(&self, slot: usize, len: usize) -> Vec<Vec<f32>> {
-        let n = len * self.head_dim;
-        self.bufs
-            .iter()
-            .map(|buf| {
-                let mut out = Vec::with_capacity(self.kv_heads * n);
-                for h in 0..self.kv_heads {
-                    let s = self.base(slot, h);
-                    out.extend_from_slice(&buf[s..s + n]);
-                }
-                out
-            })
-            .collect()
+    /// A device copy of the first `len` positions of a slot.
+    pub fn save_prefix(
+        &self,
+        dm: &mut DeviceMemory,
+        slot: usize,
+        len: usize,
+    ) -> Result<SavedPrefix> {
+        let n = self.units(len * self.head_dim);
+        let mut kv = Vec::with_capacity(self.bufs.len());
+        let mut moves = Vec::new();
+        for buf in &self.bufs {
+            let out = dm.alloc(self.kv_heads * n)?;
+            for h in 0..self.kv_heads {
+                moves.push(Move {
+                    src: Place::Device(buf.at(self.units(self.base(slot, h)))),
+                    dst: Place::Device(out.at(h * n)),
+                    len: n,
+                });
+            }
+            kv.push(out);
+        }
+        if n > 0 {
+            dm.run(&moves)?;
+        }
+        Ok(SavedPrefix { kv, len })
     }
 
-    pub fn load_prefix(&mut self, saved: &[Vec<f32>], slot: usize, len: usize) {
-        let n = len * self.head_dim;
-        let bases: Vec<usize> = (0..self.kv_heads).map(|h| self.base(slot, h)).collect();
-        for (buf, src) in self.bufs.iter_mut().zip(saved) {
-            for (h, &d) in bases.iter().enumerate() {
-                buf[d..d + n].copy_from_slice(&src[h * n..(h + 1) * n]);
+    /// Put a saved prefix into `slot`.
+    pub fn load_prefix(
+        &mut self,
+        dm: &mut DeviceMemory,
+        saved: &SavedPrefix,
+        slot: usize,
+    ) -> Result<()> {
+        let n = self.units(saved.len * self.head_dim);
+        if n == 0 {
+            return Ok(());
+        }
+        let mut moves = Vec::new();
+        for (buf, src) in self.bufs.iter().zip(&saved.kv) {
+            for h in 0..self.kv_heads {
+                moves.push(Move {
+                    src: Place::Device(src.at(h * n)),
+                    dst: Place::Device(buf.at(self.units(self.base(slot, h)))),
+                    len: n,
+                });
             }
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn filled(cache: &mut KvCache) {
-        for (b, buf) in cache.bufs.iter_mut().enumerate() {
-            for (i, x) in buf.iter_mut().enumerate() {
-                *x = (b * 10_000 + i) as f32;
-            }
-        }
-    }
-
-    #[test]
-    fn growing_keeps_each_slot_and_head_at_its_positions() {
-        let mut c = KvCache::new(1, 2, 2, 3, 4);
-        filled(&mut c);
-        let before = c.save_prefix(1, 4);
-        c.grow(7);
-        assert_eq!(c.save_prefix(1, 4), before);
-        // slot 1, head 1, position 2, dim 0 was at ((1*2+1)*4+2)*3 = 42.
-        assert_eq!(c.bufs[0][((2 + 1) * 7 + 2) * 3], 42.0);
-    }
-
-    #[test]
-    fn prefix_copies_move_only_the_first_positions_of_every_head() {
-        let mut c = KvCache::new(2, 3, 2, 2, 5);
-        filled(&mut c);
-        let untouched = c.save_prefix(2, 5);
-        c.copy_prefix(0, 2, 3);
-        assert_eq!(c.save_prefix(2, 3), c.save_prefix(0, 3));
-        // Positions 3 and 4 of slot 2 kept their contents.
-        let after = c.save_prefix(2, 5);
-        for (a, u) in after.iter().zip(&untouched) {
-            for h in 0..2 {
-                assert_eq!(a[h * 10 + 6..h * 10 + 10], u[h * 10 + 6..h * 10 + 10]);
-            }
-        }
-        let saved = c.save_prefix(1, 2);
-        c.load_prefix(&saved, 0, 2);
-        assert_eq!(c.save_prefix(0, 2), saved);
+        dm.run(&moves)
     }
 }

@@ -8,6 +8,7 @@ pub mod backend;
 pub mod beam;
 pub mod cli;
 pub mod config;
+pub mod device;
 pub mod kv;
 pub mod pipeline;
 pub mod scheduler;
@@ -43,6 +44,8 @@ pub struct Summary {
     pub batch_size: usize,
     pub threads: usize,
     pub devices: usize,
+    /// The copy counter (`--verbose`).
+    pub transfers: Option<backend::TransferLog>,
 }
 
 impl Summary {
@@ -73,6 +76,9 @@ impl fmt::Display for Summary {
         }
         if self.truncated > 0 {
             write!(f, "; {} prompts truncated from the left", self.truncated)?;
+        }
+        if let Some(t) = &self.transfers {
+            write!(f, "; {t}")?;
         }
         Ok(())
     }
@@ -242,6 +248,9 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         batch_size: cfg.batch_size,
         threads: cfg.threads(),
         devices: cfg.devices.len(),
+        transfers: cfg
+            .verbose
+            .then(|| *counters.transfers.lock().unwrap_or_else(|p| p.into_inner())),
     })
 }
 

@@ -36,6 +36,8 @@ pub struct Counters {
     pub tokens: AtomicU64,
     /// Longest session load of any device (ms), kept apart from generation time.
     pub load_ms: AtomicU64,
+    /// The copy counters of the devices' backends, summed as each stage ends.
+    pub transfers: std::sync::Mutex<super::backend::TransferLog>,
 }
 
 /// Everything the stages read.
@@ -162,10 +164,16 @@ pub fn run_stage(
         rt,
         &BackendConfig {
             model: cfg.model.clone(),
-            threads: cfg.threads(),
-            device,
+            session: crate::session::SessionOptions {
+                device,
+                threads: cfg.threads(),
+                cuda: cfg.cuda.clone(),
+                ..Default::default()
+            },
             slots: cfg.batch_size,
             max_len: ctx.context,
+            fixed_shape: cfg.fixed_shape,
+            mover: Default::default(),
         },
     )?;
     ctx.counters
@@ -190,7 +198,7 @@ pub fn run_stage(
     let mut open = true;
     let mut done = Vec::new();
     let mut reported = 0u64;
-    loop {
+    'run: loop {
         sched.admit_waiting(&mut done);
         // Start what can start; prompts gathered together share one prefill run.
         loop {
@@ -235,10 +243,20 @@ pub fn run_stage(
         reported = sched.tokens;
         for f in done.drain(..) {
             if tx.send(f).is_err() {
-                return Ok(());
+                break 'run;
             }
         }
     }
+    let t = sched.backend.transfers();
+    let mut sum = ctx
+        .counters
+        .transfers
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    sum.prefill += t.prefill;
+    sum.decode += t.decode;
+    sum.decode_steps += t.decode_steps;
+    sum.last_decode = t.last_decode;
     Ok(())
 }
 

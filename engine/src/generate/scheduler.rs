@@ -429,7 +429,7 @@ impl<'a> Scheduler<'a> {
                 }
             })
             .collect();
-        let vocab = self.backend.io.vocab;
+        let vocab = self.backend.vocab();
         let logits = self.backend.decode(&rows)?.to_vec();
         let mut touched = Vec::new();
         for slot in 0..=hi {
