@@ -84,10 +84,25 @@ fn trl_conversational_pairs_give_trls_token_ids_in_every_form() {
     ] {
         assert_eq!(encoded(&tok, file), want, "{file}");
     }
-    // Our string form of the records whose responses are one message: identical ids.
-    let string = encoded(&tok, "pairs_string.jsonl");
-    assert_eq!(string.len(), 3);
-    assert_eq!(string, want[..3], "string form");
+    // Our string form of the same data: identical ids.
+    assert_eq!(encoded(&tok, "pairs_string.jsonl"), want, "string form");
+}
+
+#[test]
+fn responses_of_several_messages_are_what_follows_the_prompt_up_to_the_first_eos() {
+    let (_dir, tok) = tiny_tokenizer();
+    let want: Vec<_> = expected()["several_messages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| {
+            (
+                ids_of(&e["prompt"]),
+                vec![ids_of(&e["chosen"]), ids_of(&e["rejected"])],
+            )
+        })
+        .collect();
+    assert_eq!(encoded(&tok, "pairs_trl_several_messages.jsonl"), want);
 }
 
 #[test]
@@ -98,20 +113,19 @@ fn kto_unpaired_records_are_binary_feedback_with_trls_ids() {
         .iter()
         .map(|e| (ids_of(&e["prompt"]), vec![ids_of(&e["completion"])]))
         .collect();
-    assert_eq!(encoded(&tok, "kto_trl.jsonl"), want);
-    // The string form holds records 0..3 of each label (TRL's order: all chosen, then rejected).
-    let subset: Vec<_> = [0, 1, 2, 4, 5, 6]
-        .iter()
-        .map(|&i| want[i].clone())
-        .collect();
-    for file in ["kto_string.jsonl", "kto_string.parquet"] {
-        assert_eq!(encoded(&tok, file), subset, "{file}");
+    // TRL's order: every chosen response (label true), then every rejected one.
+    for file in ["kto_trl.jsonl", "kto_string.jsonl", "kto_string.parquet"] {
+        assert_eq!(encoded(&tok, file), want, "{file}");
         let labels: Vec<bool> = read_jsonl::<BinaryRecord>(&fixture(file))
             .unwrap()
             .iter()
             .map(|b| b.label)
             .collect();
-        assert_eq!(labels, [true, true, true, false, false, false], "{file}");
+        assert_eq!(
+            labels,
+            [true, true, true, true, false, false, false, false],
+            "{file}"
+        );
     }
 }
 

@@ -3,7 +3,8 @@
 Writes the same small preference data set in four forms — our string form (conversational prompt,
 string responses), TRL's explicit-prompt conversational form, TRL's implicit-prompt form, and the
 explicit form as Parquet (pyarrow, snappy, two rows per row group) — plus TRL's unpaired (KTO)
-form of it (JSON Lines and Parquet, zstd), a prompt file in Parquet whose records carry extra
+form of it (JSON Lines and Parquet, zstd), pairs whose responses are several messages,
+a prompt file in Parquet whose records carry extra
 fields (as benchmark files do), and a Parquet file with a bad row.
 
 `expected_ids.json` holds the token ids of every record, computed independently of the Rust code:
@@ -47,8 +48,16 @@ DATA = [
      {"score_chosen": 9.0, "score_rejected": 1.0, "source": "hand"}),
     ([user("Say hello."), assistant("Hello."), user("Again, louder.")], "HELLO!", "hello",
      {"score_chosen": 7.5, "score_rejected": 3.0, "source": "multi-turn"}),
+    ([user("Count to three.")], "One, two, three.", "one two",
+     {"score_chosen": 6.0, "score_rejected": 5.0, "source": "hand"}),
+]
+
+# Responses of several messages (TRL conversational only): rendered with the prompt, cut after the
+# first EOS.
+SEVERAL = [
     ([user("Count to three.")], [assistant("One, two, three."), user("Thanks"), assistant("You are welcome.")],
-     "one two", {"score_chosen": 6.0, "score_rejected": 5.0, "source": "several messages"}),
+     "one two", {"source": "several messages"}),
+    ([user("Hi")], [assistant("Hello!"), user("Bye")], [assistant("Go away."), user("Bye")], {}),
 ]
 
 
@@ -109,8 +118,8 @@ def main():
 
     explicit_rows = [explicit(*d) for d in DATA]
     implicit_rows = [implicit(*d) for d in DATA]
-    # The string form exists for records whose responses are single messages.
-    string_rows = [string_form(*d) for d in DATA if not isinstance(d[1], list)]
+    string_rows = [string_form(*d) for d in DATA]
+    several_rows = [explicit(*d) for d in SEVERAL]
 
     expected = [trl_ids(r) for r in explicit_rows]
     assert [trl_ids(r) for r in implicit_rows] == expected, "implicit and explicit prompts disagree"
@@ -121,13 +130,16 @@ def main():
         assert got == want, (got, want)
     kto_rows = kto(explicit_rows)
     kto_expected = [trl_ids(r) for r in kto_rows]
+    several_expected = [trl_ids(r) for r in several_rows]
+    assert [trl_ids(implicit(*d)) for d in SEVERAL] == several_expected
 
     write_jsonl("pairs_string.jsonl", string_rows)
     write_jsonl("pairs_trl_explicit.jsonl", explicit_rows)
     write_jsonl("pairs_trl_implicit.jsonl", implicit_rows)
+    write_jsonl("pairs_trl_several_messages.jsonl", several_rows)
     pq.write_table(pa.Table.from_pylist(explicit_rows), os.path.join(OUT, "pairs_trl_explicit.parquet"),
                    row_group_size=2, compression="snappy")
-    # KTO over the string form (the records whose responses are one message), as JSONL and Parquet.
+    # KTO over the string form, as JSONL and Parquet.
     kto_string = kto(string_rows)
     write_jsonl("kto_string.jsonl", kto_string)
     pq.write_table(pa.Table.from_pylist(kto_string), os.path.join(OUT, "kto_string.parquet"),
@@ -149,7 +161,7 @@ def main():
     pq.write_table(pa.Table.from_pylist(bad), os.path.join(OUT, "pairs_bad_row.parquet"), row_group_size=2)
 
     with open(os.path.join(OUT, "expected_ids.json"), "w") as f:
-        json.dump({"eos": eos, "pairs": expected, "kto": kto_expected,
+        json.dump({"eos": eos, "pairs": expected, "kto": kto_expected, "several_messages": several_expected,
                    "versions": {"trl": __import__("trl").__version__, "transformers": transformers.__version__,
                                 "pyarrow": pa.__version__}}, f)
         f.write("\n")
