@@ -225,7 +225,7 @@ fn take<T: DeserializeOwned>(
     obj: &mut Map<String, Value>,
     key: &str,
 ) -> std::result::Result<Option<T>, String> {
-    match obj.remove(key) {
+    match obj.shift_remove(key) {
         // A Parquet column that is null in this row means the field is absent.
         None | Some(Value::Null) => Ok(None),
         Some(v) => serde_json::from_value(v)
@@ -236,7 +236,7 @@ fn take<T: DeserializeOwned>(
 
 /// `prompt`: a string, or a list of messages.
 fn take_prompt(obj: &mut Map<String, Value>) -> std::result::Result<Option<Prompt>, String> {
-    match obj.remove("prompt") {
+    match obj.shift_remove("prompt") {
         None | Some(Value::Null) => Ok(None),
         Some(v) => Ok(Some(match text_or_messages("prompt", v)? {
             TextOrMessages::Text(t) => Prompt::Text(t),
@@ -247,7 +247,7 @@ fn take_prompt(obj: &mut Map<String, Value>) -> std::result::Result<Option<Promp
 
 /// Ids are strings; a benchmark's integer ids (`"id": 81`) are taken as their decimal text.
 fn take_id(obj: &mut Map<String, Value>) -> std::result::Result<Option<String>, String> {
-    match obj.remove("id") {
+    match obj.shift_remove("id") {
         None | Some(Value::Null) => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(Value::Number(n)) if n.is_i64() || n.is_u64() => Ok(Some(n.to_string())),
@@ -318,14 +318,14 @@ impl PromptRecord {
     fn parse(mut obj: Map<String, Value>) -> std::result::Result<Self, String> {
         let has = keys_of(&obj);
         let id = take_id(&mut obj)?;
-        let (prompt, mut messages) = match obj.remove("prompt") {
+        let (prompt, mut messages) = match obj.shift_remove("prompt") {
             None | Some(Value::Null) => (None, None),
             Some(v) => match text_or_messages("prompt", v)? {
                 TextOrMessages::Text(t) => (Some(t), None),
                 TextOrMessages::Messages(m) => (None, Some(m)),
             },
         };
-        let messages_value = obj.remove("messages").filter(|v| !v.is_null());
+        let messages_value = obj.shift_remove("messages").filter(|v| !v.is_null());
         if let Some(m) = messages_value
             .map(|v| parse_messages("messages", v))
             .transpose()?
@@ -452,7 +452,7 @@ impl PairRecord {
         let id = take_id(&mut obj)?;
         let prompt = take_prompt(&mut obj)?;
         let mut side = |key: &str| -> std::result::Result<Completion, String> {
-            match obj.remove(key) {
+            match obj.shift_remove(key) {
                 None | Some(Value::Null) => {
                     Err(format!("missing field `{key}`; this record has {has}"))
                 }
@@ -517,7 +517,7 @@ impl BinaryRecord {
         let missing = |key: &str| format!("missing field `{key}`; this record has {has}");
         let id = take_id(&mut obj)?;
         let prompt = take_prompt(&mut obj)?.ok_or_else(|| missing("prompt"))?;
-        let response = match (obj.remove("response"), obj.remove("completion")) {
+        let response = match (obj.shift_remove("response"), obj.shift_remove("completion")) {
             (Some(_), Some(_)) => {
                 return Err(
                     "has both `response` and `completion` (TRL's name for it); expected one".into(),

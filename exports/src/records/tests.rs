@@ -78,6 +78,13 @@ fn extra_fields_are_kept_in_order_and_written_back() {
     assert_eq!(r.reference.as_deref(), Some("b"));
     let keys: Vec<&str> = r.extra.keys().map(String::as_str).collect();
     assert_eq!(keys, ["category", "meta"]);
+    // Known keys taken out from anywhere leave the others in file order.
+    let r2 = parse_line::<PromptRecord>(
+        "{\"a\":1,\"id\":\"x\",\"b\":2,\"prompt\":\"p\",\"c\":3,\"reference\":\"r\",\"d\":4,\"e\":5}",
+    )
+    .unwrap();
+    let keys: Vec<&str> = r2.extra.keys().map(String::as_str).collect();
+    assert_eq!(keys, ["a", "b", "c", "d", "e"]);
     assert_eq!(
         serde_json::to_string(&r).unwrap(),
         "{\"id\":\"7\",\"prompt\":\"a\",\"reference\":\"b\",\"category\":\"math\",\"meta\":{\"level\":3,\"tags\":[\"x\"]}}"
