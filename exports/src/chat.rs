@@ -139,6 +139,17 @@ mod tests {
     }
 
     #[test]
+    fn a_messages_extra_keys_reach_the_template() {
+        // As transformers passes each message dict whole: `name` is there when given.
+        let src = "{% for m in messages %}{{ m.role }}{% if m.name is defined %}({{ m.name }}){% endif %}: {{ m.content }}\n{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let mut named = msg("user", "hi");
+        named.extra.insert("name".into(), "ann".into());
+        let out = t.render(&[named, msg("assistant", "yo")], false).unwrap();
+        assert_eq!(out, "user(ann): hi\nassistant: yo\n");
+    }
+
+    #[test]
     fn a_broken_template_is_reported_at_load() {
         assert!(ChatTemplate::new("{% for %}", "", "").is_err());
     }
