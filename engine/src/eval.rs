@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 
 use anyhow::{bail, Result};
-use exports::records::{for_each_jsonl, GenerationRecord, Prompt};
+use exports::records::{for_each_record, GenerationRecord, Location, Prompt};
 use serde_json::{json, Map, Value};
 
 use crate::bootstrap::BootstrapConfig;
@@ -201,10 +201,10 @@ pub fn run(cfg: &EvalConfig) -> Result<EvalReport> {
     };
     let path = &cfg.generations;
     let mut firsts: Vec<(String, Prompt, String)> = Vec::new();
-    for_each_jsonl::<GenerationRecord>(path, |line, record| {
+    for_each_record::<GenerationRecord>(path, |at, record| {
         let bad = |message: String| exports::Error::Record {
             path: path.to_path_buf(),
-            line,
+            at,
             message,
         };
         if record.responses.is_empty() {
@@ -266,24 +266,24 @@ fn compare_against(
     cfg: &WinRateConfig,
     generations: &Path,
 ) -> Result<(Vec<Outcome>, usize)> {
-    let mut against: HashMap<String, (usize, Prompt, String)> = HashMap::new();
-    for_each_jsonl::<GenerationRecord>(&cfg.against, |line, record| {
+    let mut against: HashMap<String, (Location, Prompt, String)> = HashMap::new();
+    for_each_record::<GenerationRecord>(&cfg.against, |at, record| {
         let Some(first) = record.responses.first() else {
             return Err(exports::Error::Record {
                 path: cfg.against.clone(),
-                line,
+                at,
                 message: format!("id {}: no responses to compare with", record.id),
             });
         };
         let text = first.text.clone();
         let prompt = record.to_prompt();
         if against
-            .insert(record.id.clone(), (line, prompt, text))
+            .insert(record.id.clone(), (at, prompt, text))
             .is_some()
         {
             return Err(exports::Error::Record {
                 path: cfg.against.clone(),
-                line,
+                at,
                 message: format!("duplicate id {}", record.id),
             });
         }
@@ -292,12 +292,12 @@ fn compare_against(
     let mut items: Vec<ScoreItem<'_>> = Vec::new();
     let mut matched = 0usize;
     for (id, prompt, text) in candidates {
-        let Some((line, their_prompt, their_text)) = against.get(id) else {
+        let Some((at, their_prompt, their_text)) = against.get(id) else {
             continue;
         };
         if their_prompt != prompt {
             bail!(
-                "id {id}: the prompt in {} differs from the one in {}:{line}",
+                "id {id}: the prompt in {} differs from the one in {}{at}",
                 generations.display(),
                 cfg.against.display()
             );

@@ -20,7 +20,9 @@ use std::str::FromStr;
 use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
-use exports::records::{for_each_jsonl, write_jsonl, GenerationRecord, PairRecord, Prompt};
+use exports::records::{
+    for_each_record, nested_meta, write_jsonl, GenerationRecord, Location, PairRecord, Prompt,
+};
 use serde::Serialize;
 
 use crate::metrics::{repeat_at_n, words};
@@ -220,7 +222,7 @@ struct Labeler<'a> {
 }
 
 impl Labeler<'_> {
-    fn flush(&mut self, batch: &mut Vec<(usize, GenerationRecord)>) -> Result<()> {
+    fn flush(&mut self, batch: &mut Vec<(Location, GenerationRecord)>) -> Result<()> {
         let prompts: Vec<Prompt> = batch.iter().map(|(_, r)| r.to_prompt()).collect();
         let items: Vec<ScoreItem<'_>> = batch
             .iter()
@@ -242,13 +244,13 @@ impl Labeler<'_> {
             );
         }
         let mut offset = 0;
-        for ((line, record), prompt) in batch.drain(..).zip(prompts) {
+        for ((at, record), prompt) in batch.drain(..).zip(prompts) {
             let k = record.responses.len();
             let rewards = &scores[offset..offset + k];
             offset += k;
             if let Some(i) = rewards.iter().position(|r| !r.is_finite()) {
                 bail!(
-                    "{}:{line}: id {}: response {i} got reward {} (not finite)",
+                    "{}{at}: id {}: response {i} got reward {} (not finite)",
                     self.cfg.generations.display(),
                     record.id,
                     rewards[i]
@@ -268,13 +270,14 @@ impl Labeler<'_> {
             Selection::Pair { chosen, rejected } => self.pairs.push(PairRecord {
                 id: Some(record.id.clone()),
                 prompt,
-                chosen: texts[chosen].to_owned(),
-                rejected: texts[rejected].to_owned(),
+                chosen: texts[chosen].into(),
+                rejected: texts[rejected].into(),
                 chosen_reward: Some(rewards[chosen]),
                 rejected_reward: Some(rewards[rejected]),
                 source: Some(self.source.clone()),
                 chosen_finish_reason: Some(record.responses[chosen].finish_reason),
                 rejected_finish_reason: Some(record.responses[rejected].finish_reason),
+                extra: nested_meta(&record.extra),
             }),
             Selection::TooFewResponses => self.summary.too_few_responses += 1,
             Selection::AllTied => self.summary.all_tied += 1,
@@ -306,10 +309,10 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelSummary> {
         rewards: Vec::new(),
         summary: LabelSummary::default(),
     };
-    let mut batch: Vec<(usize, GenerationRecord)> = Vec::new();
+    let mut batch: Vec<(Location, GenerationRecord)> = Vec::new();
     let mut failure: Option<anyhow::Error> = None;
-    for_each_jsonl::<GenerationRecord>(&cfg.generations, |line, record| {
-        batch.push((line, record));
+    for_each_record::<GenerationRecord>(&cfg.generations, |at, record| {
+        batch.push((at, record));
         if batch.len() >= RECORDS_PER_BATCH {
             if let Err(e) = labeler.flush(&mut batch) {
                 failure = Some(e);

@@ -3,7 +3,8 @@
 //! n-gram blocking is chosen, the greedy one rejected, and the pair is kept only if the greedy
 //! generation repeats an n-gram of itself or of its context (Repeat@N > 0).
 //!
-//! Each side uses the first response of its record. Records may come in any order; an id must be
+//! Each side uses the first response of its record; the chosen record's extra fields are carried
+//! into the pair under `meta`. Records may come in any order; an id must be
 //! unique within a file, and both files must hold the same prompt for it.
 
 use std::collections::HashMap;
@@ -11,7 +12,9 @@ use std::fmt;
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use exports::records::{for_each_jsonl, write_jsonl, GenerationRecord, PairRecord};
+use exports::records::{
+    for_each_record, nested_meta, write_jsonl, GenerationRecord, Location, PairRecord,
+};
 use serde::Serialize;
 
 use crate::label::repetition_reward;
@@ -57,32 +60,32 @@ impl fmt::Display for PairSummary {
     }
 }
 
-/// A record with the line it came from.
+/// A record with where it came from.
 struct Entry {
-    line: usize,
+    at: Location,
     record: GenerationRecord,
 }
 
 /// Read a generation file, in order, refusing duplicate ids and records without a response.
 fn read_unique(path: &Path) -> Result<Vec<Entry>> {
-    let mut seen: HashMap<String, usize> = HashMap::new();
+    let mut seen: HashMap<String, Location> = HashMap::new();
     let mut out = Vec::new();
-    for_each_jsonl::<GenerationRecord>(path, |line, record| {
+    for_each_record::<GenerationRecord>(path, |at, record| {
         if record.responses.is_empty() {
             return Err(exports::Error::Record {
                 path: path.to_path_buf(),
-                line,
+                at,
                 message: format!("id {}: no responses", record.id),
             });
         }
-        if let Some(first) = seen.insert(record.id.clone(), line) {
+        if let Some(first) = seen.insert(record.id.clone(), at) {
             return Err(exports::Error::Record {
                 path: path.to_path_buf(),
-                line,
-                message: format!("duplicate id {} (first on line {first})", record.id),
+                at,
+                message: format!("duplicate id {} (first at {})", record.id, first.describe()),
             });
         }
-        out.push(Entry { line, record });
+        out.push(Entry { at, record });
         Ok(())
     })?;
     Ok(out)
@@ -116,12 +119,12 @@ pub fn run(cfg: &PairConfig) -> Result<PairSummary> {
         let prompt = c.record.to_prompt();
         if prompt != r.record.to_prompt() {
             bail!(
-                "id {}: the prompt differs between {}:{} and {}:{}",
+                "id {}: the prompt differs between {}{} and {}{}",
                 c.record.id,
                 cfg.chosen.display(),
-                c.line,
+                c.at,
                 cfg.rejected.display(),
-                r.line
+                r.at
             );
         }
         let (chosen, rejected) = (&c.record.responses[0], &r.record.responses[0]);
@@ -148,13 +151,15 @@ pub fn run(cfg: &PairConfig) -> Result<PairSummary> {
         pairs.push(PairRecord {
             id: Some(c.record.id.clone()),
             prompt,
-            chosen: good.clone(),
-            rejected: bad.clone(),
+            chosen: good.as_str().into(),
+            rejected: bad.as_str().into(),
             chosen_reward: rewards.map(|r| r.0),
             rejected_reward: rewards.map(|r| r.1),
             source: Some(source.clone()),
             chosen_finish_reason: Some(chosen.finish_reason),
             rejected_finish_reason: Some(rejected.finish_reason),
+            // The prompt's own fields, from the chosen side's record.
+            extra: nested_meta(&c.record.extra),
         });
     }
     summary.only_in_rejected = by_id.len();

@@ -3,17 +3,18 @@
 //! `engine label --reward-model` and the win rate of `engine eval` use it like any other scorer.
 //!
 //! Each (prompt, response) becomes `ids(prompt) ++ ids(response) ++ [eos]` by DATA.md's rule
-//! (`exports::Tokenizer::example`), as in training. Items are sorted by length and cut into
+//! (`exports::Tokenizer::example`, the token policy of `exports::encode`), as in training. Items are sorted by length and cut into
 //! batches of at most `batch_size` rows, each right-padded with the pad token (both graph flavors
 //! accept right padding, and the head picks each row's last real token), so scores do not depend
-//! on batching. A sequence longer than the model's context (`max_position_embeddings`) loses prompt
-//! tokens from the left; if the response alone is too long, the sequence keeps its last tokens.
+//! on batching. A sequence longer than the model's context (`max_position_embeddings`) is cut by
+//! `exports::Truncation::KeepEnd`: prompt tokens from the left, and if the response alone is too
+//! long, the sequence keeps its last tokens (the head reads the end).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
 use exports::tokenizer::ids_to_i64;
-use exports::{ModelConfig, Tokenizer};
+use exports::{Completion, ModelConfig, Tokenizer, Truncation};
 
 use crate::runtime::Runtime;
 use crate::scorer::{ScoreItem, Scorer};
@@ -95,18 +96,18 @@ impl RewardModelScorer {
 
     /// `ids(prompt) ++ ids(response) ++ [eos]`, fitted to the model's context.
     fn encode(&self, item: &ScoreItem<'_>) -> Result<Vec<i64>> {
-        if let Some(ex) = self
+        let response = Completion::Text(item.response.to_owned());
+        let ex = self
             .tokenizer
-            .example(item.prompt, item.response, self.max_length)?
-        {
-            return Ok(ids_to_i64(&ex.ids));
-        }
-        // The response alone overflows the context: keep the sequence's last tokens, so the
-        // head still reads the end of the response.
-        let mut ids = self.tokenizer.prompt_ids(item.prompt)?;
-        ids.extend(self.tokenizer.response_ids(item.response)?);
-        let max = self.max_length.unwrap_or(ids.len());
-        Ok(ids_to_i64(&ids[ids.len().saturating_sub(max)..]))
+            .example(
+                item.prompt,
+                &response,
+                true,
+                self.max_length,
+                Truncation::KeepEnd,
+            )?
+            .context("KeepEnd truncation refused a sequence; this is a bug")?;
+        Ok(ids_to_i64(&ex.ids))
     }
 
     /// Scores of rows that are already tokenized (one batch, right-padded here).

@@ -237,7 +237,10 @@ fn malformed_lines_name_file_and_line_or_are_counted_and_long_prompts_are_trunca
         format!("{e:#}").contains(&format!("{}:3:", path.display())),
         "{e:#}"
     );
-    std::fs::remove_file(&out).unwrap();
+    assert!(
+        !out.exists(),
+        "the prompt file is checked before any output is opened"
+    );
     c.skip_invalid = true;
     c.chat_template = engine::generate::ChatTemplateMode::None;
     let s = run(&c);

@@ -139,7 +139,10 @@ fn label_and_win_rate_use_the_reward_model() {
         assert!(summary.tokens.unwrap() > 0);
         let pair = &read_jsonl::<PairRecord>(&cfg.out).unwrap()[0];
         let (chosen, rejected) = if s0 > s1 { (r0, r1) } else { (r1, r0) };
-        assert_eq!((&pair.chosen, &pair.rejected), (chosen, rejected));
+        assert_eq!(
+            (pair.chosen.as_str(), pair.rejected.as_str()),
+            (Some(chosen.as_str()), Some(rejected.as_str()))
+        );
         assert!((pair.chosen_reward.unwrap() - s0.max(*s1)).abs() < TOL);
         assert!((pair.rejected_reward.unwrap() - s0.min(*s1)).abs() < TOL);
     }

@@ -108,8 +108,8 @@ fn label_keeps_best_and_worst_with_the_documented_tie_rules() {
         .map(|p| {
             (
                 p.id.as_deref().unwrap(),
-                p.chosen.as_str(),
-                p.rejected.as_str(),
+                p.chosen.as_str().unwrap(),
+                p.rejected.as_str().unwrap(),
                 p.chosen_reward.unwrap(),
                 p.rejected_reward.unwrap(),
             )
@@ -274,6 +274,7 @@ fn pair_joins_by_id_in_any_order_and_requires_a_repeat() {
             source: Some("pair:repeat@3".into()),
             chosen_finish_reason: Some(FinishReason::Eos),
             rejected_finish_reason: Some(FinishReason::Length),
+            extra: Default::default(),
         }]
     );
 

@@ -94,10 +94,7 @@ mod tests {
     pub const SMOLLM2: &str = "{% for message in messages %}{% if loop.first and messages[0]['role'] != 'system' %}{{ '<|im_start|>system\nYou are a helpful AI assistant named SmolLM, trained by Hugging Face<|im_end|>\n' }}{% endif %}{{'<|im_start|>' + message['role'] + '\n' + message['content'] + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}{{ '<|im_start|>assistant\n' }}{% endif %}";
 
     fn msg(role: &str, content: &str) -> Message {
-        Message {
-            role: role.into(),
-            content: content.into(),
-        }
+        Message::new(role, content)
     }
 
     #[test]
@@ -139,6 +136,17 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("Conversation must start with user"), "{e}");
+    }
+
+    #[test]
+    fn a_messages_extra_keys_reach_the_template() {
+        // As transformers passes each message dict whole: `name` is there when given.
+        let src = "{% for m in messages %}{{ m.role }}{% if m.name is defined %}({{ m.name }}){% endif %}: {{ m.content }}\n{% endfor %}";
+        let t = ChatTemplate::new(src, "", "").unwrap();
+        let mut named = msg("user", "hi");
+        named.extra.insert("name".into(), "ann".into());
+        let out = t.render(&[named, msg("assistant", "yo")], false).unwrap();
+        assert_eq!(out, "user(ann): hi\nassistant: yo\n");
     }
 
     #[test]

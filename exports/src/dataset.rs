@@ -146,6 +146,7 @@ pub fn document_examples(doc_id: &str, text: &str, cfg: &ContinuationConfig) -> 
                 prompt: Some(context),
                 messages: None,
                 reference: Some(window[k].clone()),
+                extra: Default::default(),
             });
         }
         i += k + 1;

@@ -18,12 +18,15 @@ pub enum Error {
         path: PathBuf,
         error: serde_json::Error,
     },
-    #[error("{path}:{line}: {message}")]
+    /// A bad record: `file:line: …` (JSON Lines) or `file: row group G, row R: …` (Parquet).
+    #[error("{path}{at}: {message}")]
     Record {
         path: PathBuf,
-        line: usize,
+        at: crate::records::Location,
         message: String,
     },
+    #[error("{path}: Parquet: {message}")]
+    Parquet { path: PathBuf, message: String },
     #[error("{path}: field `{field}`: {message}")]
     Config {
         path: PathBuf,

@@ -1,6 +1,5 @@
-//! Tokenizer and the one rule that turns a record into token ids (`DATA.md`, "How a record becomes
-//! token ids"): training, generation, scoring and evaluation all call [`Tokenizer::prompt_ids`] and
-//! [`Tokenizer::response_ids`], so their token boundaries agree exactly.
+//! Tokenizer, special tokens and chat template of a model folder. The rule that turns a record into
+//! token ids, and the token policy (pad, EOS set, truncation), live in [`crate::encode`].
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -8,8 +7,10 @@ use std::path::{Path, PathBuf};
 use serde_json::{json, Value};
 
 use crate::chat::ChatTemplate;
+pub use crate::encode::Example;
+use crate::encode::TokenPolicy;
 use crate::error::{Error, IoContext, Result};
-use crate::records::{Message, Prompt};
+use crate::records::Message;
 
 /// A vocabulary index. Kept apart from plain integers so that positions, lengths and token ids
 /// cannot be mixed up in the data path.
@@ -35,23 +36,6 @@ impl From<TokenId> for i64 {
 /// Convert ids for a runtime that wants `i64` (ONNX Runtime, libtorch).
 pub fn ids_to_i64(ids: &[TokenId]) -> Vec<i64> {
     ids.iter().map(|t| t.as_i64()).collect()
-}
-
-/// A tokenized prompt + response, with the response mask implied by `response_start`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Example {
-    pub ids: Vec<TokenId>,
-    /// Index of the first response token; `ids[response_start..]` is `ids(response) ++ [eos]`
-    /// (without the EOS for a [`Tokenizer::cut_example`]).
-    pub response_start: usize,
-    /// Prompt tokens dropped from the left to fit `max_length`.
-    pub truncated: usize,
-}
-
-impl Example {
-    pub fn response_len(&self) -> usize {
-        self.ids.len() - self.response_start
-    }
 }
 
 /// Special-token settings of `tokenizer_config.json`.
@@ -155,9 +139,8 @@ impl TokenizerConfig {
 pub struct Tokenizer {
     inner: tokenizers::Tokenizer,
     chat: Option<ChatTemplate>,
-    eos: TokenId,
+    policy: TokenPolicy,
     bos: Option<TokenId>,
-    pad: TokenId,
     path: PathBuf,
 }
 
@@ -165,14 +148,16 @@ impl std::fmt::Debug for Tokenizer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Tokenizer")
             .field("path", &self.path)
-            .field("eos", &self.eos)
+            .field("policy", &self.policy)
             .finish()
     }
 }
 
 impl Tokenizer {
-    /// Load from a model folder. The EOS token comes from `tokenizer_config.json`, falling back to
-    /// `config.json`'s `eos_token_id`.
+    /// Load from a model folder, with its [`TokenPolicy`]: the EOS token from
+    /// `tokenizer_config.json`, falling back to `config.json`'s `eos_token_id`; the EOS set adds
+    /// `config.json`'s and `generation_config.json`'s `eos_token_id`; the pad id by
+    /// [`crate::encode::pad_id`].
     pub fn load(dir: &Path) -> Result<Self> {
         let path = dir.join("tokenizer.json");
         if !path.exists() {
@@ -199,32 +184,31 @@ impl Tokenizer {
                     }),
             }
         };
-        let model_cfg = dir.join("config.json");
-        let config_eos = if model_cfg.exists() {
-            let text = fs::read_to_string(&model_cfg).at(&model_cfg)?;
-            let v: Value = serde_json::from_str(&text).map_err(|error| Error::Json {
-                path: model_cfg.clone(),
-                error,
-            })?;
-            match v.get("eos_token_id") {
-                Some(Value::Number(n)) => n.as_u64().map(|n| TokenId(n as u32)),
-                Some(Value::Array(a)) => {
-                    a.first().and_then(Value::as_u64).map(|n| TokenId(n as u32))
-                }
-                _ => None,
-            }
-        } else {
-            None
-        };
+        let model_cfg = read_json_opt(&dir.join("config.json"))?;
+        let config_eos = eos_ids_of(model_cfg.as_ref());
+        let config_pad = model_cfg
+            .as_ref()
+            .and_then(|v| v.get("pad_token_id"))
+            .and_then(Value::as_u64)
+            .map(|n| n as u32);
+        let generation_eos =
+            eos_ids_of(read_json_opt(&dir.join("generation_config.json"))?.as_ref());
         let eos = lookup(&cfg.eos_token, "eos_token")?
-            .or(config_eos)
+            .or(config_eos.first().copied())
             .ok_or_else(|| Error::Config {
                 path: dir.join("tokenizer_config.json"),
                 field: "eos_token".into(),
                 message: "no EOS token in tokenizer_config.json or config.json".into(),
             })?;
+        let mut stop: Vec<TokenId> = std::iter::once(eos)
+            .chain(config_eos)
+            .chain(generation_eos)
+            .collect();
+        stop.sort_unstable();
+        stop.dedup();
         let bos = lookup(&cfg.bos_token, "bos_token")?;
-        let pad = lookup(&cfg.pad_token, "pad_token")?.unwrap_or(eos);
+        let pad =
+            crate::encode::pad_id(lookup(&cfg.pad_token, "pad_token")?, config_pad, Some(eos));
         let chat = match &cfg.chat_template {
             Some(src) => Some(ChatTemplate::new(
                 src,
@@ -236,21 +220,24 @@ impl Tokenizer {
         Ok(Tokenizer {
             inner,
             chat,
-            eos,
+            policy: TokenPolicy { eos, stop, pad },
             bos,
-            pad,
             path,
         })
     }
 
+    /// The pad id, EOS and EOS set every stage uses.
+    pub fn policy(&self) -> &TokenPolicy {
+        &self.policy
+    }
     pub fn eos(&self) -> TokenId {
-        self.eos
+        self.policy.eos
     }
     pub fn bos(&self) -> Option<TokenId> {
         self.bos
     }
     pub fn pad(&self) -> TokenId {
-        self.pad
+        self.policy.pad
     }
     pub fn vocab_size(&self) -> usize {
         self.inner.get_vocab_size(true)
@@ -294,76 +281,42 @@ impl Tokenizer {
         chat.render(messages, true)
     }
 
-    /// `ids(prompt)`: raw text with the tokenizer's own special-token settings, or the rendered chat
-    /// template tokenized without adding special tokens again.
-    pub fn prompt_ids(&self, prompt: &Prompt) -> Result<Vec<TokenId>> {
-        match prompt {
-            Prompt::Text(t) => self.encode(t, true),
-            Prompt::Messages(m) => self.encode(&self.render_chat(m)?, false),
-        }
-    }
-
-    /// `ids(response) ++ [eos]`, tokenized without special tokens.
-    pub fn response_ids(&self, response: &str) -> Result<Vec<TokenId>> {
-        let mut ids = self.encode(response, false)?;
-        ids.push(self.eos);
-        Ok(ids)
-    }
-
-    /// [`Tokenizer::example`] for a response that did not end (cut by the token limit): no
-    /// closing EOS, so a language model is not taught to stop where the text was cut.
-    pub fn cut_example(
-        &self,
-        prompt: &Prompt,
-        response: &str,
-        max_length: Option<usize>,
-    ) -> Result<Option<Example>> {
-        let r = self.encode(response, false)?;
-        if r.is_empty() {
-            // Nothing to learn but the end itself.
-            return self.example(prompt, response, max_length);
-        }
-        Ok(fit_example(self.prompt_ids(prompt)?, r, max_length))
-    }
-
-    /// Prompt and response tokenized separately and joined (never re-tokenized together), fitted to
-    /// `max_length` by dropping prompt tokens from the left. `None` when the response alone does
-    /// not fit with at least one prompt token before it.
-    pub fn example(
-        &self,
-        prompt: &Prompt,
-        response: &str,
-        max_length: Option<usize>,
-    ) -> Result<Option<Example>> {
-        let p = self.prompt_ids(prompt)?;
-        let r = self.response_ids(response)?;
-        Ok(fit_example(p, r, max_length))
+    /// A whole conversation rendered by the template, without a generation prompt (a prompt
+    /// followed by its response messages).
+    pub fn render_conversation(&self, messages: &[Message]) -> Result<String> {
+        let chat = self.chat.as_ref().ok_or_else(|| Error::Tokenizer {
+            path: self.path.clone(),
+            message: "this model has no chat template, so conversational records cannot be used"
+                .into(),
+        })?;
+        chat.render(messages, false)
     }
 }
 
-/// The truncation policy: keep the whole response, drop prompt tokens from the left.
-pub fn fit_example(
-    prompt: Vec<TokenId>,
-    response: Vec<TokenId>,
-    max_length: Option<usize>,
-) -> Option<Example> {
-    let max = max_length.unwrap_or(usize::MAX);
-    let mut truncated = 0;
-    let mut prompt = prompt;
-    if prompt.len() + response.len() > max {
-        if prompt.is_empty() || response.len() + 1 > max {
-            return None;
-        }
-        truncated = prompt.len() + response.len() - max;
-        prompt.drain(..truncated);
+fn read_json_opt(path: &Path) -> Result<Option<Value>> {
+    if !path.is_file() {
+        return Ok(None);
     }
-    let response_start = prompt.len();
-    prompt.extend(response);
-    Some(Example {
-        ids: prompt,
-        response_start,
-        truncated,
-    })
+    let text = fs::read_to_string(path).at(path)?;
+    serde_json::from_str(&text)
+        .map(Some)
+        .map_err(|error| Error::Json {
+            path: path.to_path_buf(),
+            error,
+        })
+}
+
+/// `eos_token_id` of a `config.json` / `generation_config.json`: one id or a list.
+fn eos_ids_of(v: Option<&Value>) -> Vec<TokenId> {
+    match v.and_then(|v| v.get("eos_token_id")) {
+        Some(Value::Number(n)) => n.as_u64().map(|n| TokenId(n as u32)).into_iter().collect(),
+        Some(Value::Array(a)) => a
+            .iter()
+            .filter_map(Value::as_u64)
+            .map(|n| TokenId(n as u32))
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 /// GPT-2's byte-to-printable-character table used by byte-level BPE vocabularies.
@@ -448,10 +401,6 @@ impl ByteLevelBpe {
 mod tests {
     use super::*;
 
-    fn t(ids: &[u32]) -> Vec<TokenId> {
-        ids.iter().map(|&i| TokenId(i)).collect()
-    }
-
     #[test]
     fn byte_table_matches_gpt2() {
         let b = bytes_to_unicode();
@@ -463,18 +412,5 @@ mod tests {
         all.sort();
         all.dedup();
         assert_eq!(all.len(), 256);
-    }
-
-    #[test]
-    fn truncation_drops_prompt_from_the_left_and_never_the_response() {
-        let e = fit_example(t(&[1, 2, 3, 4]), t(&[7, 8, 2]), Some(5)).unwrap();
-        assert_eq!(e.ids, t(&[3, 4, 7, 8, 2]));
-        assert_eq!(e.response_start, 2);
-        assert_eq!(e.truncated, 2);
-        // Response of 3 needs at least one prompt token: 4 fits, 3 does not.
-        assert!(fit_example(t(&[1, 2]), t(&[7, 8, 2]), Some(4)).is_some());
-        assert!(fit_example(t(&[1, 2]), t(&[7, 8, 2]), Some(3)).is_none());
-        let e = fit_example(t(&[1]), t(&[2]), None).unwrap();
-        assert_eq!((e.response_start, e.truncated), (1, 0));
     }
 }

@@ -142,13 +142,6 @@ fn head_of(obj: &ObjectiveConfig) -> Head {
     }
 }
 
-fn pad_id(model: &Model, tok: &Tokenizer) -> i64 {
-    model
-        .config()
-        .pad_token_id
-        .map_or(tok.pad().as_i64(), i64::from)
-}
-
 /// The model, objective and numeric settings shared by training and evaluation.
 struct LossRunner<'a> {
     model: &'a Model,
@@ -349,7 +342,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
         objective: &cfg.objective,
         autocast,
     };
-    let pad = pad_id(&model, &tok);
+    let pad = tok.pad().as_i64();
     let progress = Progress::new(total, start);
     let mut last_good: Option<PathBuf> = resume_from.as_ref().map(|(p, _)| p.clone());
     let mut last_line = None;
@@ -536,7 +529,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     };
     let ccfg = CollateConfig {
         objective: cfg.objective.name,
-        pad: pad_id(&model, &tok),
+        pad: tok.pad().as_i64(),
         device,
         seed: cfg.seed,
         step: 0,

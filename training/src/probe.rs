@@ -5,7 +5,7 @@
 //! Tensors: `input_ids` `[3, 16]` int64, `attention_mask` `[3, 16]` int64, and `logits`
 //! `[3, 16, V]` f32 (LM head) or `scores` `[3]` f32 (reward head). Row 0 is 16 real tokens, row 1
 //! is left-padded (4 pads, 12 tokens), row 2 is right-padded (9 tokens, 7 pads). Padding positions
-//! hold the config's pad id (0 when it has none); their outputs are not meaningful.
+//! hold the pad id of `exports::encode::config_pad_id`; their outputs are not meaningful.
 
 use std::path::Path;
 
@@ -47,7 +47,7 @@ pub fn probe_inputs(vocab: usize, pad: i64) -> (Vec<i64>, Vec<i64>) {
 /// Write `dir/probe.safetensors` for `model` (see the module docs).
 pub fn write_probe(model: &Model, dir: &Path) -> anyhow::Result<()> {
     let cfg = model.config();
-    let pad = cfg.pad_token_id.map_or(0, i64::from);
+    let pad = exports::encode::config_pad_id(cfg).as_i64();
     let (ids, mask) = probe_inputs(cfg.vocab_size, pad);
     let shape = [ROWS.len() as i64, SEQ as i64];
     let device = model.parameters()[0].tensor.device();

@@ -156,13 +156,7 @@ pub fn attach(
             &loaded.1
         }
     };
-    let pad = i64::from(
-        model
-            .config()
-            .pad_token_id
-            .or(model.config().eos_token_ids.first().copied())
-            .unwrap_or(0),
-    );
+    let pad = exports::encode::config_pad_id(model.config()).as_i64();
     let ccfg = CollateConfig {
         // sft collation: rows without cringe draws or reference tensors.
         objective: Objective::Sft,

@@ -38,7 +38,9 @@ pub struct GenerateArgs {
     /// Exported ONNX folder (`exports onnx`), with tokenizer files.
     #[arg(long)]
     pub model: PathBuf,
-    /// Prompt records (JSONL): {"id", "prompt"} or {"id", "messages"}, optional "reference".
+    /// Prompt records (JSON Lines, or Parquet by the `.parquet` extension): {"id", "prompt"} or
+    /// {"id", "messages"}, optional "reference"; other fields are copied into the output. The
+    /// whole file is checked before the model loads.
     #[arg(long)]
     pub prompts: PathBuf,
     /// Output file (JSONL), appended one flushed line per prompt.
@@ -110,7 +112,7 @@ pub struct GenerateArgs {
     /// Skip prompts whose id is already in --out and append the rest.
     #[arg(long)]
     pub resume: bool,
-    /// Count and skip malformed prompt lines instead of failing.
+    /// Count and skip malformed prompt records (and repeated ids) instead of failing.
     #[arg(long)]
     pub skip_invalid: bool,
     /// Take every N-th prompt, starting at the I-th (0-based), e.g. `--shard 0/4`.

@@ -11,18 +11,18 @@ pub mod config;
 pub mod device;
 pub mod kv;
 pub mod pipeline;
+pub mod prompts;
 pub mod scheduler;
 pub mod stop;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::io::{BufRead, BufReader};
 use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 use exports::records::{GenerationRecord, JsonlAppender};
-use exports::{ModelConfig, TokenId, Tokenizer};
+use exports::{ModelConfig, Tokenizer};
 
 pub use config::{ChatTemplateMode, Device, GenerateConfig, MergeConfig, Shard};
 use pipeline::{Counters, StageCtx};
@@ -84,53 +84,6 @@ impl fmt::Display for Summary {
     }
 }
 
-/// The EOS ids a response stops on: the tokenizer's, `config.json`'s and `generation_config.json`'s.
-fn eos_ids(
-    model: &std::path::Path,
-    tokenizer: &Tokenizer,
-    cfg: Option<&ModelConfig>,
-) -> Result<Vec<TokenId>> {
-    let mut eos = vec![tokenizer.eos()];
-    if let Some(c) = cfg {
-        eos.extend(c.eos_token_ids.iter().map(|&i| TokenId(i)));
-    }
-    let gen = model.join("generation_config.json");
-    if gen.is_file() {
-        let text =
-            std::fs::read_to_string(&gen).with_context(|| format!("reading {}", gen.display()))?;
-        let v: serde_json::Value = serde_json::from_str(&text)
-            .with_context(|| format!("{}: invalid JSON", gen.display()))?;
-        match v.get("eos_token_id") {
-            Some(serde_json::Value::Number(n)) => eos.extend(n.as_u64().map(|n| TokenId(n as u32))),
-            Some(serde_json::Value::Array(a)) => eos.extend(
-                a.iter()
-                    .filter_map(|x| x.as_u64())
-                    .map(|n| TokenId(n as u32)),
-            ),
-            _ => {}
-        }
-    }
-    eos.sort_unstable();
-    eos.dedup();
-    Ok(eos)
-}
-
-/// Lines that are not blank in the prompts file (for the progress bar's length).
-fn count_prompts(cfg: &GenerateConfig) -> u64 {
-    let Ok(f) = std::fs::File::open(&cfg.prompts) else {
-        return 0;
-    };
-    let lines = BufReader::new(f)
-        .lines()
-        .map_while(|l| l.ok())
-        .filter(|l| !l.trim().is_empty())
-        .count();
-    match cfg.shard {
-        Some(s) => (lines + s.count - 1 - s.index) as u64 / s.count as u64,
-        None => lines as u64,
-    }
-}
-
 fn progress_bar(cfg: &GenerateConfig, total: u64) -> indicatif::ProgressBar {
     if !cfg.progress {
         return indicatif::ProgressBar::hidden();
@@ -163,6 +116,8 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
     cfg.validate()?;
     let started = Instant::now();
     let tokenizer = Tokenizer::load(&cfg.model)?;
+    // The whole prompt file, before anything expensive loads.
+    let checked = prompts::check(cfg, &tokenizer)?;
     let model_cfg = if cfg.model.join("config.json").is_file() {
         Some(ModelConfig::load(&cfg.model)?)
     } else {
@@ -177,7 +132,8 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
             cfg.max_new_tokens
         );
     }
-    let eos = eos_ids(&cfg.model, &tokenizer, model_cfg.as_ref())?;
+    // The EOS set of the one token policy (`exports::encode::TokenPolicy`).
+    let eos = tokenizer.policy().stop.clone();
     // Opening the appender first drops a torn last line, so resume sees whole records only.
     if !cfg.resume
         && cfg.out.exists()
@@ -197,6 +153,7 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         Default::default()
     };
     let counters = Counters::default();
+    counters.invalid.store(checked.invalid, Ordering::Relaxed);
     let ctx = StageCtx {
         cfg,
         tokenizer: &tokenizer,
@@ -204,7 +161,7 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         context,
         counters: &counters,
     };
-    let total = count_prompts(cfg).saturating_sub(done.len() as u64);
+    let total = (checked.prompts as u64).saturating_sub(done.len() as u64);
     let bar = progress_bar(cfg, total);
     let results: Vec<Result<()>> = std::thread::scope(|s| {
         let (line_tx, line_rx) = crossbeam_channel::bounded(256);
@@ -214,7 +171,7 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         let (rec_tx, rec_rx) = crossbeam_channel::bounded(64);
         let ctx = &ctx;
         let mut handles = vec![
-            s.spawn(|| pipeline::read_stage(ctx, &done, line_tx)),
+            s.spawn(|| pipeline::read_stage(ctx, &checked, &done, line_tx)),
             s.spawn(move || pipeline::tokenize_stage(ctx, line_rx, job_tx, order_tx)),
         ];
         for &device in &cfg.devices {
@@ -287,23 +244,20 @@ pub fn merge(cfg: &MergeConfig) -> Result<MergeSummary> {
             by_id.insert(r.id.clone(), r);
         }
     }
-    let f = std::fs::File::open(&cfg.prompts)
-        .with_context(|| format!("{}: cannot open", cfg.prompts.display()))?;
     let mut ordered = Vec::with_capacity(by_id.len());
     let mut missing = 0;
-    for line in BufReader::new(f).lines() {
-        let line = line.with_context(|| format!("reading {}", cfg.prompts.display()))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let Ok(p) = exports::records::parse_line::<exports::PromptRecord>(&line) else {
-            continue;
-        };
-        match by_id.remove(&p.id) {
-            Some(r) => ordered.push(r),
-            None => missing += 1,
-        }
-    }
+    exports::records::for_each_parsed::<exports::PromptRecord>(
+        &cfg.prompts,
+        |_, p| {
+            match by_id.remove(&p.id) {
+                Some(r) => ordered.push(r),
+                None => missing += 1,
+            }
+            Ok(())
+        },
+        |_, _| Ok(()),
+    )
+    .with_context(|| format!("reading {}", cfg.prompts.display()))?;
     if let Some(id) = by_id.keys().next() {
         bail!(
             "shard outputs hold id `{id}`, which is not in {}",

@@ -2,27 +2,27 @@
 //! read → tokenize → run (one per device; owns its session) → detokenize → write.
 //! A stage whose downstream has gone stops quietly; the error that made it go is the one reported.
 
+use std::cell::Cell;
 use std::collections::{BTreeMap, HashSet, VecDeque};
-use std::fs::File;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 
-use anyhow::{anyhow, bail, Context, Result};
+use anyhow::{anyhow, Context, Result};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
-use exports::records::{parse_line, GenerationRecord, JsonlAppender, Response};
-use exports::{PromptRecord, TokenId, Tokenizer};
+use exports::records::{for_each_parsed, GenerationRecord, JsonlAppender, Location, Response};
+use exports::{PromptRecord, TokenId, Tokenizer, Truncation};
 
 use super::backend::{Backend, BackendConfig};
 use super::config::{ChatTemplateMode, Device, GenerateConfig};
+use super::prompts::Checked;
 use super::scheduler::{Finished, Job, Scheduler, SchedulerConfig};
 use super::stop::{response_text, Stopper};
 use crate::runtime::Runtime;
 
-/// A prompt line that parsed, with where it came from.
+/// A prompt record that parsed, with where it came from.
 pub struct Line {
     pub index: usize,
-    pub line: usize,
+    pub at: Location,
     pub record: PromptRecord,
 }
 
@@ -59,46 +59,61 @@ pub fn existing_ids(out: &Path) -> Result<HashSet<String>> {
     Ok(records.into_iter().map(|r| r.id).collect())
 }
 
-/// Stage 1: parse prompt lines, keep this shard's, skip resumed ids.
-pub fn read_stage(ctx: &StageCtx<'_>, done: &HashSet<String>, tx: Sender<Line>) -> Result<()> {
+/// Stage 1: read prompt records (JSON Lines or Parquet), keep this shard's, skip the ones
+/// checking set aside (`--skip-invalid`) and resumed ids.
+pub fn read_stage(
+    ctx: &StageCtx<'_>,
+    checked: &Checked,
+    done: &HashSet<String>,
+    tx: Sender<Line>,
+) -> Result<()> {
     let path = &ctx.cfg.prompts;
-    let file = File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
-    let mut index = 0;
-    for (i, line) in BufReader::new(file).lines().enumerate() {
-        let line = line.with_context(|| format!("{}:{}: cannot read", path.display(), i + 1))?;
-        if line.trim().is_empty() {
-            continue;
-        }
-        let this = index;
-        index += 1;
-        if ctx.cfg.shard.is_some_and(|s| !s.keeps(this)) {
-            continue;
-        }
-        let record = match parse_line::<PromptRecord>(&line) {
-            Ok(r) => r,
-            Err(message) if ctx.cfg.skip_invalid => {
-                tracing::warn!("{}:{}: skipped: {message}", path.display(), i + 1);
-                ctx.counters.invalid.fetch_add(1, Ordering::Relaxed);
-                continue;
+    let index = Cell::new(0usize);
+    let stopped = Cell::new(false);
+    // Each record, good or bad, takes the next input index (shards are cut by it).
+    let next = || index.replace(index.get() + 1);
+    let outcome = for_each_parsed::<PromptRecord>(
+        path,
+        |at, record| {
+            let this = next();
+            if checked.skip.contains(&at) || ctx.cfg.shard.is_some_and(|s| !s.keeps(this)) {
+                return Ok(());
             }
-            Err(message) => bail!("{}:{}: {message}", path.display(), i + 1),
-        };
-        if done.contains(&record.id) {
-            ctx.counters.resumed.fetch_add(1, Ordering::Relaxed);
-            continue;
-        }
-        if tx
-            .send(Line {
-                index: this,
-                line: i + 1,
-                record,
-            })
-            .is_err()
-        {
-            break;
-        }
+            if done.contains(&record.id) {
+                ctx.counters.resumed.fetch_add(1, Ordering::Relaxed);
+                return Ok(());
+            }
+            if tx
+                .send(Line {
+                    index: this,
+                    at,
+                    record,
+                })
+                .is_err()
+            {
+                stopped.set(true);
+                return Err(exports::Error::Invalid("downstream stopped".into()));
+            }
+            Ok(())
+        },
+        |at, message| {
+            next();
+            if checked.skip.contains(&at) {
+                Ok(())
+            } else {
+                // Checked before the model loaded; only a file changed since then gets here.
+                Err(exports::Error::Record {
+                    path: path.clone(),
+                    at,
+                    message,
+                })
+            }
+        },
+    );
+    match outcome {
+        Err(_) if stopped.get() => Ok(()),
+        other => Ok(other?),
     }
-    Ok(())
 }
 
 /// Stage 2: token ids by the DATA.md rule, truncated from the left to leave room for the
@@ -110,13 +125,7 @@ pub fn tokenize_stage(
     order: Sender<usize>,
 ) -> Result<()> {
     let path = &ctx.cfg.prompts;
-    let limit = ctx.context.saturating_sub(ctx.cfg.max_new_tokens).max(1);
-    for Line {
-        index,
-        line,
-        record,
-    } in rx
-    {
+    for Line { index, at, record } in rx {
         let prompt = record.to_prompt();
         let ids = if record.messages.is_some() && ctx.cfg.chat_template == ChatTemplateMode::None {
             Err("`messages` prompt but --chat-template none".to_string())
@@ -129,18 +138,22 @@ pub fn tokenize_stage(
         }
         .or_else(|message| {
             if ctx.cfg.skip_invalid {
-                tracing::warn!("{}:{line}: skipped: {message}", path.display());
+                tracing::warn!("{}{at}: skipped: {message}", path.display());
                 ctx.counters.invalid.fetch_add(1, Ordering::Relaxed);
                 Ok(Vec::new())
             } else {
-                Err(anyhow!("{}:{line}: {message}", path.display()))
+                Err(anyhow!("{}{at}: {message}", path.display()))
             }
         })?;
         if ids.is_empty() {
             continue;
         }
-        if ids.len() > limit {
-            ids.drain(..ids.len() - limit);
+        // The one truncation policy: prompt tokens from the left, leaving room for the response.
+        let drop = Truncation::Prompt
+            .cut(ids.len(), ctx.cfg.max_new_tokens, ctx.context)
+            .context("--max-new-tokens leaves no room for a prompt")?;
+        if drop > 0 {
+            ids.drain(..drop);
             ctx.counters.truncated.fetch_add(1, Ordering::Relaxed);
         }
         if order.send(index).is_err() || tx.send(Job { index, record, ids }).is_err() {
@@ -275,18 +288,13 @@ pub fn detokenize_stage(
                     text: response_text(ctx.tokenizer, &s.tokens, s.finish, &ctx.cfg.stop)?,
                     tokens: s.tokens.len(),
                     finish_reason: s.finish,
+                    extra: Default::default(),
                 })
             })
             .collect::<exports::Result<Vec<_>>>()?;
-        let r = f.record;
-        let record = GenerationRecord {
-            id: r.id,
-            prompt: r.prompt,
-            messages: r.messages,
-            reference: r.reference,
-            responses,
-            seconds: if ctx.cfg.timings { f.seconds } else { 0.0 },
-        };
+        // The prompt record's own extra fields are carried into its output record.
+        let seconds = if ctx.cfg.timings { f.seconds } else { 0.0 };
+        let record = GenerationRecord::of(f.record, responses, seconds);
         if tx.send((f.index, record)).is_err() {
             break;
         }

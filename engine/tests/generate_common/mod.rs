@@ -67,11 +67,12 @@ pub fn prompts(n: usize) -> Vec<PromptRecord> {
                 PromptRecord {
                     id: format!("p{i}"),
                     prompt: None,
-                    messages: Some(vec![Message {
-                        role: "user".into(),
-                        content: format!("Tell me about thing {i}."),
-                    }]),
+                    messages: Some(vec![Message::new(
+                        "user",
+                        format!("Tell me about thing {i}."),
+                    )]),
                     reference: Some(format!("ref {i}")),
+                    extra: Default::default(),
                 }
             } else {
                 PromptRecord::text(format!("p{i}"), format!("{} {i}", texts[i % texts.len()]))

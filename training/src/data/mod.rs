@@ -1,8 +1,9 @@
 //! From JSONL records to padded tensors (`DATA.md`, "How a record becomes token ids").
 //!
 //! * [`Dataset::load`] reads pairs and binary feedback (`exports::records::TrainRecord`, mixed
-//!   freely), encodes each response with `exports::Tokenizer::example` (prompt truncated from the
-//!   left, response never) and skips — and counts — records that still do not fit.
+//!   freely; JSON Lines or Parquet; ours or TRL's forms; extra fields ignored), encodes each
+//!   response with `exports::Tokenizer::example` under `exports::Truncation::Prompt` (prompt cut
+//!   from the left, response never) and skips — and counts — records that still do not fit.
 //! * [`plan`] orders examples into length-bucketed optimizer batches, deterministically from the
 //!   seed and epoch.
 //! * [`collate`] turns one micro-batch into right-padded tensors in the row layout of
@@ -16,9 +17,9 @@ pub use collate::{collate, cringe_stream, CollateConfig, MicroBatch};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, Context, Result};
-use exports::records::{for_each_jsonl, FinishReason, TrainRecord};
+use exports::records::{for_each_record, Completion, FinishReason, Prompt, TrainRecord};
 use exports::tokenizer::Example;
-use exports::Tokenizer;
+use exports::{Tokenizer, Truncation};
 
 use crate::objectives::Objective;
 
@@ -109,10 +110,9 @@ impl Dataset {
             report: LoadReport::default(),
         };
         for (fi, path) in files.iter().enumerate() {
-            for_each_jsonl::<TrainRecord>(path, |line, rec| {
-                ds.push(fi, line, rec, tok, cfg).map_err(|e| {
-                    exports::Error::Invalid(format!("{}:{line}: {e:#}", path.display()))
-                })
+            for_each_record::<TrainRecord>(path, |at, rec| {
+                ds.push(fi, at.ordinal(), rec, tok, cfg)
+                    .map_err(|e| exports::Error::Invalid(format!("{}{at}: {e:#}", path.display())))
             })
             .with_context(|| format!("reading training records from {}", path.display()))?;
         }
@@ -142,12 +142,9 @@ impl Dataset {
         // A response cut by the token limit keeps its closing EOS only for the reward head, which
         // reads that position; LM objectives must not learn to stop where the text was cut.
         let lm = !cfg.objective.is_reward();
-        let fit = |prompt, response: &str, finish: Option<FinishReason>| {
-            if lm && !FinishReason::ended(finish) {
-                tok.cut_example(prompt, response, cfg.max_length)
-            } else {
-                tok.example(prompt, response, cfg.max_length)
-            }
+        let fit = |prompt: &Prompt, response: &Completion, finish: Option<FinishReason>| {
+            let ended = !lm || FinishReason::ended(finish);
+            tok.example(prompt, response, ended, cfg.max_length, Truncation::Prompt)
         };
         let item = match rec {
             TrainRecord::Pair(p) if cfg.objective == Objective::Sft => {
