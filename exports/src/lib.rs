@@ -15,6 +15,7 @@ pub mod init;
 pub mod layout;
 pub mod onnx;
 pub mod records;
+pub mod run_layout;
 pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, DType, HostTensor};
