@@ -108,8 +108,8 @@ impl<'a> Runner<'a> {
     /// The stage's key: its settings text (with the run folder written as `RUN`, so a moved run
     /// keeps its keys), the binaries' hashes and the inputs' content hashes (not their paths).
     pub fn key(&mut self, stage: &Stage) -> Result<String> {
-        let root = self.run.root.display().to_string();
-        let mut text = format!("settings {}\n", stage.settings.replace(&root, "RUN"));
+        let root = format!("{}/", self.run.root.display());
+        let mut text = format!("settings {}\n", stage.settings.replace(&root, "RUN/"));
         for b in &stage.bins {
             let path = self.bin(*b);
             if !path.is_file() {
@@ -439,4 +439,108 @@ fn record_time(path: &Path, name: &str, seconds: f64) -> Result<()> {
     text.push_str(&format!("{name}\t{seconds:.1}\n"));
     exports::fsutil::write_atomic(path, text.as_bytes())?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stages::Resource;
+
+    fn stage(settings: &str, input: &Path) -> Stage {
+        Stage {
+            name: "s".into(),
+            settings: settings.into(),
+            inputs: vec![input.to_path_buf()],
+            bins: vec![Bin::Engine],
+            outputs: vec![],
+            work: Work::Commands(vec![]),
+            resource: Resource::Light,
+        }
+    }
+
+    #[test]
+    fn keys_cover_settings_binaries_and_input_contents_not_locations() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let st = Settings::load(None, &[], d).unwrap().0;
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::write(d.join("bin/engine"), "v1").unwrap();
+        std::fs::create_dir_all(d.join("a/run/in")).unwrap();
+        std::fs::write(d.join("a/run/in/x.txt"), "hello").unwrap();
+        let key = |root: &Path, settings: &str| {
+            let mut r = Runner::new(RunLayout::new(root), &st, d.join("bin"));
+            r.key(&stage(settings, &root.join("in"))).unwrap()
+        };
+        let k0 = key(
+            &d.join("a/run"),
+            &format!("x --out {}/f", d.join("a/run").display()),
+        );
+        assert_ne!(
+            k0,
+            key(
+                &d.join("a/run"),
+                &format!("x --out {}/g", d.join("a/run").display())
+            )
+        );
+        // A copy of the run folder elsewhere has the same keys (paths are written RUN).
+        std::fs::create_dir_all(d.join("b/run/in")).unwrap();
+        std::fs::write(d.join("b/run/in/x.txt"), "hello").unwrap();
+        assert_eq!(
+            k0,
+            key(
+                &d.join("b/run"),
+                &format!("x --out {}/f", d.join("b/run").display())
+            )
+        );
+        // Settings, input contents and the binary each change it.
+        let run = d.join("a/run");
+        let plain = key(&run, "x");
+        assert_ne!(plain, key(&run, "y"));
+        std::fs::write(run.join("in/x.txt"), "hellO").unwrap();
+        let changed_input = key(&run, "x");
+        assert_ne!(plain, changed_input);
+        std::fs::write(run.join("in/y.txt"), "").unwrap();
+        assert_ne!(
+            changed_input,
+            key(&run, "x"),
+            "a new file in an input folder"
+        );
+        let before = key(&run, "x");
+        std::fs::write(d.join("bin/engine"), "v2").unwrap();
+        assert_ne!(before, key(&run, "x"), "a rebuilt binary");
+        // Temporaries (dot files) are not inputs.
+        let before = key(&run, "x");
+        std::fs::write(run.join("in/.x.tmp.1"), "partial").unwrap();
+        assert_eq!(before, key(&run, "x"));
+    }
+
+    #[test]
+    fn a_finished_stage_is_skipped_and_an_interrupted_one_resumes() {
+        let dir = tempfile::tempdir().unwrap();
+        let d = dir.path();
+        let st = Settings::load(None, &[], d).unwrap().0;
+        std::fs::create_dir_all(d.join("bin")).unwrap();
+        std::fs::write(d.join("bin/engine"), "v1").unwrap();
+        std::fs::write(d.join("input"), "x").unwrap();
+        let run = RunLayout::new(d.join("run"));
+        let mut r = Runner::new(run.clone(), &st, d.join("bin"));
+        let s = stage("x", &d.join("input"));
+        assert_eq!(r.run_stage(&s).unwrap(), Outcome::Ran);
+        assert_eq!(r.run_stage(&s).unwrap(), Outcome::Skipped);
+        let times = std::fs::read_to_string(run.stage_times()).unwrap();
+        assert!(times.starts_with("s\t"), "{times}");
+        // An input changed: it runs again.
+        std::fs::write(d.join("input"), "y").unwrap();
+        let mut r = Runner::new(run.clone(), &st, d.join("bin"));
+        assert!(!r.is_done(&s).unwrap());
+        assert_eq!(r.run_stage(&s).unwrap(), Outcome::Ran);
+        assert!(!run.stage_started("s").exists());
+        assert_eq!(
+            std::fs::read_to_string(run.stage_times())
+                .unwrap()
+                .lines()
+                .count(),
+            1
+        );
+    }
 }

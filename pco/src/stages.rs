@@ -551,7 +551,7 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
     ];
     a.extend(judge_flags(st, run));
     a.extend(["--min-gap".into(), st.label.min_gap.to_string()]);
-    let settings = a[3..].join(" ").replace(&s(&run.root), "RUN");
+    let settings = a[3..].join(" ");
     a.extend([
         "--out".into(),
         s(&it.new_pairs()),
@@ -693,4 +693,198 @@ pub fn dependencies<'a>(stage: &Stage, earlier: &'a [Stage]) -> Vec<&'a Stage> {
                 .any(|o| stage.inputs.iter().any(|i| i.starts_with(o)))
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(overrides: &[&str]) -> Settings {
+        let o: Vec<String> = overrides.iter().map(|s| s.to_string()).collect();
+        Settings::load(None, &o, Path::new("/p")).unwrap().0
+    }
+
+    fn names(plan: &[Stage]) -> Vec<String> {
+        plan.iter().map(|s| s.name.clone()).collect()
+    }
+
+    #[test]
+    fn three_iterations_are_planned_from_one_list() {
+        let run = RunLayout::new("/r");
+        let plan = plan(&settings(&["iterations=3"]), &run);
+        let mut want: Vec<String> = [
+            "data",
+            "sft-export",
+            "pref-beam",
+            "pref-greedy",
+            "pref-pairs",
+            "sft-test-gen",
+            "sft-eval",
+        ]
+        .map(String::from)
+        .into();
+        for k in 1..=3 {
+            for s in ["fit", "export", "test-gen", "eval"] {
+                want.push(format!("pairwise-cringe-iter{k}-{s}"));
+            }
+            if k < 3 {
+                want.push(format!("pairwise-cringe-iter{k}-generate"));
+                want.push(format!("pairwise-cringe-iter{k}-label"));
+            }
+        }
+        assert_eq!(names(&plan), want);
+        // Iteration k generates with iteration k-1's model...
+        let gen2 = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter2-generate")
+            .unwrap();
+        assert_eq!(gen2.inputs[0], Path::new("/r/pairwise-cringe/iter2/onnx"));
+        assert!(
+            gen2.settings.contains("--min-new-tokens 8"),
+            "{}",
+            gen2.settings
+        );
+        // ...and trains from the SFT model on PREF + the new pairs of every earlier iteration.
+        let fit3 = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter3-fit")
+            .unwrap();
+        assert_eq!(
+            fit3.inputs,
+            [
+                "/p/models/smollm2-135m-instruct",
+                "/r/pref/pairs.jsonl",
+                "/r/pairwise-cringe/iter1/new_pairs.jsonl",
+                "/r/pairwise-cringe/iter2/new_pairs.jsonl"
+            ]
+            .map(PathBuf::from)
+        );
+        let deps: Vec<&str> = dependencies(fit3, &plan)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(
+            deps,
+            [
+                "pref-pairs",
+                "pairwise-cringe-iter1-label",
+                "pairwise-cringe-iter2-label"
+            ]
+        );
+        let latest = plan_of(&["iterations=3", "new_pairs=\"latest\""]);
+        let fit3 = latest
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter3-fit")
+            .unwrap();
+        assert_eq!(
+            &fit3.inputs[1..],
+            [
+                "/r/pref/pairs.jsonl",
+                "/r/pairwise-cringe/iter2/new_pairs.jsonl"
+            ]
+            .map(PathBuf::from)
+        );
+    }
+
+    fn plan_of(o: &[&str]) -> Vec<Stage> {
+        plan(&settings(o), &RunLayout::new("/r"))
+    }
+
+    /// The stages whose key text differs between two settings.
+    fn changed(a: &[&str], b: &[&str]) -> Vec<String> {
+        let (pa, pb) = (plan_of(a), plan_of(b));
+        assert_eq!(names(&pa), names(&pb));
+        pa.iter()
+            .zip(&pb)
+            .filter(|(x, y)| x.settings != y.settings || x.inputs != y.inputs || x.bins != y.bins)
+            .map(|(x, _)| x.name.clone())
+            .collect()
+    }
+
+    #[test]
+    fn a_setting_reaches_exactly_the_stages_it_affects() {
+        let base = ["iterations=3"];
+        assert_eq!(
+            changed(&base, &["iterations=3", "sample.temperature=0.7"]),
+            [
+                "pairwise-cringe-iter1-generate",
+                "pairwise-cringe-iter2-generate"
+            ]
+        );
+        assert_eq!(
+            changed(&base, &["iterations=3", "train.lr=5e-5"]),
+            [
+                "pairwise-cringe-iter1-fit",
+                "pairwise-cringe-iter2-fit",
+                "pairwise-cringe-iter3-fit"
+            ]
+        );
+        assert_eq!(
+            changed(&base, &["iterations=3", "pref.require_repeat=2"]),
+            ["pref-pairs"]
+        );
+        // Resource-only settings change no key.
+        for o in [
+            "devices.threads=1",
+            "devices.generate_batch_size=3",
+            "train.save_every=1",
+            "slurm.shards=3",
+        ] {
+            assert!(changed(&base, &["iterations=3", o]).is_empty(), "{o}");
+        }
+        // Generation settings reach every generation.
+        assert_eq!(
+            changed(&base, &["iterations=3", "generation.max_new_tokens=64"]).len(),
+            3 + 3 + 2
+        );
+    }
+
+    #[test]
+    fn a_trained_reward_model_labels_and_judges() {
+        let plan = plan_of(&["reward=\"trained\""]);
+        let n = names(&plan);
+        for s in [
+            "reward-split",
+            "reward-fit",
+            "reward-export",
+            "reward-accuracy",
+        ] {
+            assert!(n.contains(&s.to_string()), "{n:?}");
+        }
+        let label = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-label")
+            .unwrap();
+        assert!(
+            label.settings.contains("--reward-model RUN/reward/onnx")
+                || label.settings.contains("--reward-model /r/reward/onnx"),
+            "{}",
+            label.settings
+        );
+        let deps: Vec<&str> = dependencies(label, &plan)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert_eq!(deps, ["reward-export", "pairwise-cringe-iter1-generate"]);
+        let Work::Commands(c) = &plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter2-eval")
+            .unwrap()
+            .work
+        else {
+            panic!()
+        };
+        let a = c[0].args.join(" ");
+        assert!(
+            a.contains("--reward-model /r/reward/onnx --against /r/sft/eval/test.gen.jsonl"),
+            "{a}"
+        );
+        let Work::Fit { args, .. } = &plan.iter().find(|s| s.name == "reward-fit").unwrap().work
+        else {
+            panic!()
+        };
+        assert!(args
+            .join(" ")
+            .contains("--data /r/reward/train.jsonl --objective reward"));
+    }
 }
