@@ -317,6 +317,12 @@ fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<(
         &h.prompts,
     )?;
     log(format!("heldback: {n} held-back contexts"));
+    if n == 0 {
+        bail!(
+            "{}: no test context is left outside the run's own test split (lower eval.heldback_every, or use a larger corpus)",
+            h.split_dir.join("test.jsonl").display()
+        );
+    }
     for (name, onnx, gen, metrics) in &h.models {
         if !onnx.join("model.onnx").is_file() {
             continue;
