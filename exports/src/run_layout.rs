@@ -10,7 +10,7 @@
 //! RUN/<method>/iter<k>/train/{final/,metrics.jsonl}
 //! RUN/<method>/iter<k>/onnx/  RUN/<method>/iter<k>/eval/{test.gen.jsonl,metrics.json}
 //! RUN/<method>/iter<k>/{unlabeled.gen.jsonl,new_pairs.jsonl,scores.jsonl}  (pairs iteration k+1 adds)
-//! RUN/heldback/…                   scripts/eval-heldback
+//! RUN/heldback/…                   scripts/eval-heldback (eval.heldback_out)
 //! RUN/.stages/{<stage>.done,<stage>.started,times.tsv}
 //! ```
 
@@ -91,8 +91,9 @@ impl RunLayout {
             iteration,
         }
     }
-    pub fn heldback_dir(&self) -> PathBuf {
-        self.root.join("heldback")
+    /// A held-back evaluation's folder (`heldback` by default; one per corpus / length).
+    pub fn heldback_dir(&self, name: &str) -> PathBuf {
+        self.root.join(name)
     }
     pub fn stages_dir(&self) -> PathBuf {
         self.root.join(".stages")

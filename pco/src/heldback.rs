@@ -20,8 +20,8 @@ pub struct Heldback {
     pub models: Vec<(String, PathBuf, PathBuf, PathBuf)>,
 }
 
-pub fn layout(run: &RunLayout) -> Heldback {
-    let dir = run.heldback_dir();
+pub fn layout(run: &RunLayout, st: &Settings) -> Heldback {
+    let dir = run.heldback_dir(&st.eval.heldback_out);
     let mut models = vec![("sft".to_string(), run.sft_onnx())];
     for (_, its) in run.evaluated() {
         for it in its {
@@ -42,6 +42,15 @@ pub fn layout(run: &RunLayout) -> Heldback {
     }
 }
 
+/// The corpus of the held-back contexts: `eval.heldback_text_dir`, else the run's own.
+pub fn corpus(st: &Settings) -> &Path {
+    if st.eval.heldback_text_dir.as_os_str().is_empty() {
+        &st.data.text_dir
+    } else {
+        &st.eval.heldback_text_dir
+    }
+}
+
 /// The split stage: the run's own dataset settings, every test context kept.
 pub fn split_stage(st: &Settings, h: &Heldback) -> Stage {
     let d = &st.data;
@@ -49,7 +58,7 @@ pub fn split_stage(st: &Settings, h: &Heldback) -> Stage {
         "dataset".into(),
         "continuation".into(),
         "--text-dir".into(),
-        d.text_dir.display().to_string(),
+        corpus(st).display().to_string(),
         "--out".into(),
         h.split_dir.display().to_string(),
         "--context-sentences".into(),
@@ -62,9 +71,9 @@ pub fn split_stage(st: &Settings, h: &Heldback) -> Stage {
         d.seed.to_string(),
     ];
     Stage {
-        name: "heldback-split".into(),
+        name: format!("{}-split", st.eval.heldback_out),
         settings: args[6..].join(" "),
-        inputs: vec![d.text_dir.clone()],
+        inputs: vec![corpus(st).to_path_buf()],
         bins: vec![Bin::Exports],
         outputs: vec![h.split_dir.clone()],
         work: Work::Commands(vec![Cmd {
@@ -115,8 +124,9 @@ pub fn results_md(run: &RunLayout, st: &Settings, h: &Heldback, n: usize) -> Res
     let mut s = String::new();
     let _ = writeln!(
         s,
-        "# Held-back evaluation of `{}`\n\n{n} test-split contexts not among the run's test examples; greedy, {} new tokens.\n\n| model | Repeat@3 | F1 | empty responses |\n|---|---:|---:|---:|",
+        "# Held-back evaluation of `{}`\n\n{n} test-split contexts of `{}` not among the run's test examples; greedy, {} new tokens.\n\n| model | Repeat@3 | F1 | empty responses |\n|---|---:|---:|---:|",
         run.root.display(),
+        corpus(st).display(),
         st.generation.max_new_tokens
     );
     for (name, _, gen, metrics) in &h.models {

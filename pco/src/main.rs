@@ -195,7 +195,9 @@ fn run(cli: Cli) -> Result<()> {
             "settings: unknown key `{k}` (kept in run.toml, not used)"
         ));
     }
-    if !job || cli.config.is_some() || !overrides.is_empty() {
+    // The report, a job and the held-back evaluation never rewrite the run's settings (a held-back
+    // `--set eval.heldback_text_dir=…` must not change what the next local run trains on).
+    if !job {
         exports::fsutil::write_atomic(&run.settings(), st.to_toml().as_bytes())?;
     }
 
@@ -301,13 +303,19 @@ fn report(runner: &Runner) -> Result<()> {
 }
 
 fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<()> {
+    let mut st = st.clone();
+    if st.eval.heldback_max_new_tokens > 0 {
+        st.generation.max_new_tokens = st.eval.heldback_max_new_tokens;
+    }
+    let st = &st;
+    let out = &st.eval.heldback_out;
     if !run.split("test").is_file() {
         bail!(
             "{}: no data/test.jsonl (run scripts/pco first)",
             run.root.display()
         );
     }
-    let h = heldback::layout(run);
+    let h = heldback::layout(run, st);
     runner.run_stage(&heldback::split_stage(st, &h))?;
     let n = heldback::select_prompts(
         &h.split_dir.join("test.jsonl"),
@@ -316,7 +324,7 @@ fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<(
         st.eval.heldback_count,
         &h.prompts,
     )?;
-    log(format!("heldback: {n} held-back contexts"));
+    log(format!("{out}: {n} held-back contexts"));
     if n == 0 {
         bail!(
             "{}: no test context is left outside the run's own test split (lower eval.heldback_every, or use a larger corpus)",
@@ -329,7 +337,7 @@ fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<(
         }
         let g = stages::generate_stage(
             st,
-            format!("heldback-{name}-gen"),
+            format!("{out}-{name}-gen"),
             onnx,
             &h.prompts,
             vec!["--decoding".into(), "greedy".into()],
@@ -345,7 +353,7 @@ fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<(
             "--json".into(),
         ];
         runner.run_stage(&Stage {
-            name: format!("heldback-{name}-eval"),
+            name: format!("{out}-{name}-eval"),
             settings: args[3..].join(" "),
             inputs: vec![gen.clone()],
             bins: vec![Bin::Engine],
@@ -359,7 +367,7 @@ fn run_heldback(runner: &mut Runner, st: &Settings, run: &RunLayout) -> Result<(
         })?;
     }
     let md = heldback::results_md(run, st, &h, n)?;
-    exports::fsutil::write_atomic(&run.heldback_dir().join("results.md"), md.as_bytes())?;
+    exports::fsutil::write_atomic(&h.prompts.with_file_name("results.md"), md.as_bytes())?;
     print!("{md}");
     Ok(())
 }

@@ -148,6 +148,9 @@ pub struct Eval {
     pub bootstrap_resamples: u32,
     pub heldback_count: u32,
     pub heldback_every: u32,
+    pub heldback_text_dir: PathBuf,
+    pub heldback_max_new_tokens: u32,
+    pub heldback_out: String,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -315,6 +318,15 @@ impl Settings {
                 raw.sample.n
             ));
         }
+        if raw.eval.heldback_out.is_empty()
+            || raw.eval.heldback_out.contains('/')
+            || raw.eval.heldback_out.starts_with('.')
+        {
+            return refuse(format!(
+                "eval.heldback_out = {:?}: expected a plain folder name",
+                raw.eval.heldback_out
+            ));
+        }
         if raw.reward_model.heldout_every < 2 {
             return refuse("reward_model.heldout_every must be at least 2".into());
         }
@@ -361,7 +373,14 @@ impl Settings {
             train: raw.train,
             loss_flags,
             reward_model: raw.reward_model,
-            eval: raw.eval,
+            eval: Eval {
+                heldback_text_dir: if raw.eval.heldback_text_dir.as_os_str().is_empty() {
+                    PathBuf::new()
+                } else {
+                    resolve(root, &raw.eval.heldback_text_dir)
+                },
+                ..raw.eval
+            },
             devices: raw.devices,
             slurm: raw.slurm,
             table,
