@@ -262,6 +262,15 @@ impl<'a> Runner<'a> {
                     self.spawn(c)?;
                 }
             }
+            Work::CommandsThenRemove { cmds, scratch } => {
+                for c in cmds {
+                    self.spawn(c)?;
+                }
+                if scratch.exists() {
+                    std::fs::remove_dir_all(scratch)
+                        .with_context(|| format!("removing {}", scratch.display()))?;
+                }
+            }
             Work::Generate { args, out, .. } => {
                 let mut a = args.clone();
                 let target = match &shard {

@@ -41,6 +41,9 @@ pub struct Cmd {
 pub enum Work {
     /// Commands run in order; each writes its outputs atomically, so a rerun just repeats them.
     Commands(Vec<Cmd>),
+    /// Commands, then `scratch` (a folder only they use, e.g. the full-logits graph that verify
+    /// checks) removed: it is worth hundreds of MB per iteration and nothing reads it later.
+    CommandsThenRemove { cmds: Vec<Cmd>, scratch: PathBuf },
     /// `engine generate ARGS --out OUT`, resumable (`--resume` continues an interrupted file) and
     /// shardable (Slurm runs it as a job array over `--shard I/N`, then merges).
     Generate {
@@ -232,42 +235,45 @@ fn export_verify(name: String, model: &Path, onnx: &Path) -> Stage {
         inputs: vec![model.to_path_buf()],
         bins: vec![Bin::Exports, Bin::Engine],
         outputs: vec![onnx.to_path_buf()],
-        work: Work::Commands(vec![
-            Cmd {
-                bin: Bin::Exports,
-                args: vec![
-                    "onnx".into(),
-                    "--model".into(),
-                    s(model),
-                    "--out".into(),
-                    s(&verify),
-                ],
-                stdout: None,
-            },
-            Cmd {
-                bin: Bin::Engine,
-                args: vec![
-                    "verify".into(),
-                    "--onnx".into(),
-                    s(&verify),
-                    "--probe".into(),
-                    s(&model.join("probe.safetensors")),
-                ],
-                stdout: None,
-            },
-            Cmd {
-                bin: Bin::Exports,
-                args: vec![
-                    "onnx".into(),
-                    "--model".into(),
-                    s(model),
-                    "--out".into(),
-                    s(onnx),
-                    "--last-logits-only".into(),
-                ],
-                stdout: None,
-            },
-        ]),
+        work: Work::CommandsThenRemove {
+            cmds: vec![
+                Cmd {
+                    bin: Bin::Exports,
+                    args: vec![
+                        "onnx".into(),
+                        "--model".into(),
+                        s(model),
+                        "--out".into(),
+                        s(&verify),
+                    ],
+                    stdout: None,
+                },
+                Cmd {
+                    bin: Bin::Engine,
+                    args: vec![
+                        "verify".into(),
+                        "--onnx".into(),
+                        s(&verify),
+                        "--probe".into(),
+                        s(&model.join("probe.safetensors")),
+                    ],
+                    stdout: None,
+                },
+                Cmd {
+                    bin: Bin::Exports,
+                    args: vec![
+                        "onnx".into(),
+                        "--model".into(),
+                        s(model),
+                        "--out".into(),
+                        s(onnx),
+                        "--last-logits-only".into(),
+                    ],
+                    stdout: None,
+                },
+            ],
+            scratch: verify,
+        },
         resource: Resource::Light,
     }
 }

@@ -114,6 +114,12 @@ fn three_iterations_rerun_nothing_and_a_setting_reruns_what_it_affects() {
     );
     let toml = std::fs::read_to_string(run.join("run.toml")).unwrap();
     assert!(toml.contains("iterations = 3"), "{toml}");
+    // The verified full-logits graph is scratch: only the fast graph stays.
+    for k in 1..=3 {
+        let it = run.join(format!("pairwise-cringe/iter{k}"));
+        assert!(it.join("onnx/model.onnx").is_file());
+        assert!(!it.join("onnx.verify").exists());
+    }
 
     // The same settings again (now from the run's own run.toml): nothing runs.
     assert!(pco(&["--run", r]).is_empty());
