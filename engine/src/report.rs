@@ -1,11 +1,8 @@
 //! `engine report --run DIR`: the results of a `scripts/pco` run folder — `results.json`,
-//! `results.md` (SFT / iteration 1 / iteration 2 per method, next to the paper's numbers) and PNG
-//! plots (training curves of loss, gate and margin; Repeat@3 and F1 per method).
-//!
-//! Run-folder layout (written by `scripts/pco`):
-//! `data/`, `sft/eval/metrics.json`, `pref/pairs.jsonl`,
-//! `<method>/iter{1,2}/{train/metrics.jsonl, onnx/, eval/metrics.json}`, `<method>/iter1/new_pairs.jsonl`,
-//! `.stages/times.tsv` (stage name, seconds).
+//! `results.md` (SFT and every iteration of every method, next to the paper's numbers; the
+//! reward model's held-out pair accuracy and each iteration's win rate against SFT when the run
+//! has them) and PNG plots (training curves of loss, gate and margin; Repeat@3 and F1 per
+//! iteration). The folder layout is `exports::run_layout`, the one the driver writes.
 
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
@@ -13,10 +10,9 @@ use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use exports::records::{read_jsonl, TrainMetrics};
+use exports::run_layout::{RunLayout, TrainData};
 use plotters::prelude::*;
 use serde_json::{json, Value};
-
-pub const METHODS: [&str; 3] = ["pairwise-cringe", "binary-cringe", "dpo"];
 
 /// The paper's repetition-task numbers (Section 3.1; GPT2-Medium on BASE data). Values only shown
 /// in its Figure 3 are not in the text and are left out rather than guessed.
@@ -32,13 +28,8 @@ fn read_json(path: &Path) -> Option<Value> {
     serde_json::from_str(&text).ok()
 }
 
-fn count_lines(path: &Path) -> Option<usize> {
-    let text = std::fs::read_to_string(path).ok()?;
-    Some(text.lines().filter(|l| !l.trim().is_empty()).count())
-}
-
-fn stage_times(run: &Path) -> BTreeMap<String, f64> {
-    let text = std::fs::read_to_string(run.join(".stages/times.tsv")).unwrap_or_default();
+fn stage_times(run: &RunLayout) -> BTreeMap<String, f64> {
+    let text = std::fs::read_to_string(run.stage_times()).unwrap_or_default();
     text.lines()
         .filter_map(|l| {
             let (name, secs) = l.split_once('\t')?;
@@ -50,7 +41,7 @@ fn stage_times(run: &Path) -> BTreeMap<String, f64> {
 /// One evaluated model of the run.
 struct Row {
     label: String,
-    method: Option<&'static str>,
+    method: Option<String>,
     iteration: u32,
     metrics: Value,
     pairs: Option<usize>,
@@ -59,67 +50,55 @@ struct Row {
     curve: Vec<TrainMetrics>,
 }
 
-fn collect(run: &Path) -> Result<Vec<Row>> {
+fn collect(run: &RunLayout) -> Result<Vec<Row>> {
     let times = stage_times(run);
     let pick = |prefix: &str| -> BTreeMap<String, f64> {
         times
             .iter()
-            .filter(|(k, _)| k.starts_with(prefix))
-            .map(|(k, v)| {
-                (
-                    k.trim_start_matches(prefix)
-                        .trim_start_matches('-')
-                        .to_string(),
-                    *v,
-                )
-            })
+            .filter_map(|(k, v)| Some((k.strip_prefix(prefix)?.strip_prefix('-')?.to_string(), *v)))
             .collect()
     };
     let mut rows = Vec::new();
-    if let Some(m) = read_json(&run.join("sft/eval/metrics.json")) {
+    if let Some(m) = read_json(&run.sft_eval().metrics()) {
         let mut seconds = pick("sft");
         seconds.extend(
             pick("pref")
                 .into_iter()
                 .map(|(k, v)| (format!("pref-{k}"), v)),
         );
+        if let Some(v) = times.get("data") {
+            seconds.insert("data".into(), *v);
+        }
         rows.push(Row {
             label: "SFT".into(),
             method: None,
             iteration: 0,
             metrics: m,
             pairs: None,
-            model: Some(run.join("sft/onnx")),
+            model: Some(run.sft_onnx()),
             seconds,
             curve: vec![],
         });
     }
-    let pref = count_lines(&run.join("pref/pairs.jsonl"));
-    for method in METHODS {
-        let dir = run.join(method);
-        for it in [1u32, 2] {
-            let idir = dir.join(format!("iter{it}"));
-            let Some(m) = read_json(&idir.join("eval/metrics.json")) else {
+    for (method, its) in run.evaluated() {
+        for it in its {
+            let Some(m) = read_json(&it.eval().metrics()) else {
                 continue;
             };
-            let pairs = match it {
-                1 => pref,
-                _ => pref
-                    .zip(count_lines(&dir.join("iter1/new_pairs.jsonl")))
-                    .map(|(a, b)| a + b),
-            };
-            let curve_path = idir.join("train/metrics.jsonl");
-            let curve = if curve_path.exists() {
-                read_jsonl::<TrainMetrics>(&curve_path)?
+            let pairs = std::fs::read_to_string(it.train_data())
+                .ok()
+                .and_then(|t| serde_json::from_str::<TrainData>(&t).ok())
+                .map(|d| d.records);
+            let curve = if it.train_metrics().exists() {
+                read_jsonl::<TrainMetrics>(&it.train_metrics())?
             } else {
                 vec![]
             };
-            let mut seconds = pick(&format!("{method}-iter{it}"));
-            if it == 1 {
-                // The labeling stages belong to the data iteration 2 trains on.
-                seconds.retain(|k, _| k != "generate" && k != "label");
-            } else {
-                let prev = pick(&format!("{method}-iter1"));
+            let mut seconds = pick(&it.stage_prefix());
+            // The labeling stages of iteration k-1 made the data iteration k trains on.
+            seconds.retain(|k, _| k != "generate" && k != "label");
+            if it.iteration > 1 {
+                let prev = pick(&run.iter(&method, it.iteration - 1).stage_prefix());
                 for k in ["generate", "label"] {
                     if let Some(v) = prev.get(k) {
                         seconds.insert(k.to_string(), *v);
@@ -127,12 +106,12 @@ fn collect(run: &Path) -> Result<Vec<Row>> {
                 }
             }
             rows.push(Row {
-                label: format!("{method}, iteration {it}"),
-                method: Some(method),
-                iteration: it,
+                label: format!("{method}, iteration {}", it.iteration),
+                method: Some(method.clone()),
+                iteration: it.iteration,
                 metrics: m,
                 pairs,
-                model: Some(idir.join("onnx")),
+                model: Some(it.onnx()),
                 seconds,
                 curve,
             });
@@ -150,13 +129,48 @@ fn fmt_opt(v: Option<f64>, digits: usize) -> String {
         .unwrap_or_else(|| "–".into())
 }
 
-fn markdown(run: &Path, rows: &[Row]) -> String {
+/// `engine eval`'s win rate of a row against SFT, as "52.0 [45.1, 58.9]".
+fn win_rate(m: &Value) -> Option<String> {
+    let w = metric(m, "win_rate")?;
+    let ci = m.get("win_rate_ci").and_then(Value::as_array);
+    Some(match ci.map(|c| (c[0].as_f64(), c[1].as_f64())) {
+        Some((Some(lo), Some(hi))) => format!("{w:.1} [{lo:.1}, {hi:.1}]"),
+        _ => format!("{w:.1}"),
+    })
+}
+
+/// The reward model's held-out pair accuracy (`training eval --objective reward --json`).
+fn reward_model(run: &RunLayout) -> Option<Value> {
+    let acc = read_json(&run.reward_accuracy())?;
+    let trained_on = std::fs::read_to_string(run.reward_train().join("data.json"))
+        .ok()
+        .and_then(|t| serde_json::from_str::<TrainData>(&t).ok())
+        .map(|d| d.records);
+    Some(json!({
+        "heldout_accuracy": acc.get("accuracy"),
+        "heldout_pairs": acc.get("examples"),
+        "trained_on_pairs": trained_on,
+    }))
+}
+
+fn markdown(run: &RunLayout, rows: &[Row]) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "# Pairwise Cringe Optimization: repetition task\n");
-    let _ = writeln!(s, "Run folder: `{}`\n", run.display());
+    let _ = writeln!(s, "Run folder: `{}`\n", run.root.display());
+    let iterations = rows.iter().map(|r| r.iteration).max().unwrap_or(0);
+    let methods: Vec<&str> = {
+        let mut m: Vec<&str> = rows.iter().filter_map(|r| r.method.as_deref()).collect();
+        m.dedup();
+        m
+    };
     let _ = writeln!(
         s,
-        "| model | Repeat@3 ↓ | F1 ↑ | examples | pairs used | wall time per stage (s) |\n|---|---:|---:|---:|---:|---|"
+        "{} method(s), up to {iterations} iteration(s). Win rate: % of test prompts where the model's greedy response beats SFT's under the run's reward (ties count half), with its 95% bootstrap interval.\n",
+        methods.len()
+    );
+    let _ = writeln!(
+        s,
+        "| model | Repeat@3 ↓ | F1 ↑ | win rate vs SFT | examples | pairs used | wall time per stage (s) |\n|---|---:|---:|---:|---:|---:|---|"
     );
     for r in rows {
         let times: Vec<String> = r
@@ -166,10 +180,11 @@ fn markdown(run: &Path, rows: &[Row]) -> String {
             .collect();
         let _ = writeln!(
             s,
-            "| {} | {} | {} | {} | {} | {} |",
+            "| {} | {} | {} | {} | {} | {} | {} |",
             r.label,
             fmt_opt(metric(&r.metrics, "repeat@3"), 3),
             fmt_opt(metric(&r.metrics, "f1"), 4),
+            win_rate(&r.metrics).unwrap_or_else(|| "–".into()),
             r.metrics
                 .get("examples")
                 .and_then(Value::as_u64)
@@ -179,8 +194,20 @@ fn markdown(run: &Path, rows: &[Row]) -> String {
             times.join(", ")
         );
     }
+    if let Some(rm) = reward_model(run) {
+        let _ = writeln!(
+            s,
+            "\nReward model (Bradley–Terry, trained on {} PREF pairs): held-out pair accuracy {} on {} held-out PREF pairs.",
+            rm["trained_on_pairs"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+            rm["heldout_accuracy"].as_f64().map(|a| format!("{:.3}", a)).unwrap_or_else(|| "–".into()),
+            rm["heldout_pairs"].as_u64().map(|n| n.to_string()).unwrap_or_else(|| "–".into()),
+        );
+    }
     let sft = rows.iter().find(|r| r.method.is_none());
-    for r in rows.iter().filter(|r| r.iteration == 2) {
+    for m in &methods {
+        let Some(r) = rows.iter().rfind(|r| r.method.as_deref() == Some(*m)) else {
+            continue;
+        };
         if let (Some(base), Some(rep), Some(f1)) = (
             sft.and_then(|b| metric(&b.metrics, "repeat@3")),
             metric(&r.metrics, "repeat@3"),
@@ -191,7 +218,7 @@ fn markdown(run: &Path, rows: &[Row]) -> String {
                 .unwrap_or(f64::NAN);
             let _ = writeln!(
                 s,
-                "\n{}: Repeat@3 is {:.1}% of the SFT model's ({rep:.3} vs {base:.3}); F1 {f1:.4} vs {base_f1:.4}.",
+                "\n{} (final): Repeat@3 is {:.1}% of the SFT model's ({rep:.3} vs {base:.3}); F1 {f1:.4} vs {base_f1:.4}.",
                 r.label,
                 100.0 * rep / base.max(1e-12)
             );
@@ -212,12 +239,12 @@ fn markdown(run: &Path, rows: &[Row]) -> String {
     );
     let _ = writeln!(
         s,
-        "Plots: `plots/metrics.png`, `plots/training-<method>.png`."
+        "Plots: `plots/metrics.png` (per iteration), `plots/training-<method>.png`."
     );
     s
 }
 
-fn to_json(run: &Path, rows: &[Row]) -> Value {
+fn to_json(run: &RunLayout, rows: &[Row]) -> Value {
     let entry = |r: &Row| {
         json!({
             "metrics": r.metrics,
@@ -228,20 +255,20 @@ fn to_json(run: &Path, rows: &[Row]) -> Value {
         })
     };
     let mut methods = serde_json::Map::new();
-    for method in METHODS {
-        let its: serde_json::Map<String, Value> = rows
-            .iter()
-            .filter(|r| r.method == Some(method))
-            .map(|r| (format!("iter{}", r.iteration), entry(r)))
-            .collect();
-        if !its.is_empty() {
-            methods.insert(method.to_string(), Value::Object(its));
-        }
+    for r in rows {
+        let Some(m) = &r.method else { continue };
+        let e = methods
+            .entry(m.clone())
+            .or_insert_with(|| Value::Object(Default::default()));
+        e.as_object_mut()
+            .expect("an object")
+            .insert(format!("iter{}", r.iteration), entry(r));
     }
     json!({
-        "run": run.display().to_string(),
+        "run": run.root.display().to_string(),
         "sft": rows.iter().find(|r| r.method.is_none()).map(entry),
         "methods": methods,
+        "reward_model": reward_model(run),
         "paper": PAPER.iter().map(|(m, r, f)| json!({"model": m, "repeat@3": r, "f1": f})).collect::<Vec<_>>(),
     })
 }
@@ -334,43 +361,62 @@ fn metrics_plot(path: &Path, rows: &[Row]) -> Result<()> {
     let root = BitMapBackend::new(path, (1200, 460)).into_drawing_area();
     root.fill(&WHITE)?;
     let panels = root.split_evenly((1, 2));
+    let sft = rows.iter().find(|r| r.method.is_none());
+    let mut methods: Vec<&str> = rows.iter().filter_map(|r| r.method.as_deref()).collect();
+    methods.dedup();
+    let last = rows.iter().map(|r| r.iteration).max().unwrap_or(1).max(1);
     for (area, (key, title)) in panels.iter().zip([
-        ("repeat@3", "Repeat@3 (lower is better)"),
-        ("f1", "F1 (higher is better)"),
+        ("repeat@3", "Repeat@3 per iteration (lower is better)"),
+        ("f1", "F1 per iteration (higher is better)"),
     ]) {
-        let values: Vec<(String, f64)> = rows
+        // One line per method, starting from SFT at iteration 0.
+        let series: Vec<(String, Vec<(f64, f64)>)> = methods
             .iter()
-            .filter_map(|r| Some((r.label.clone(), metric(&r.metrics, key)?)))
+            .map(|m| {
+                let pts = sft
+                    .into_iter()
+                    .chain(rows.iter().filter(|r| r.method.as_deref() == Some(*m)))
+                    .filter_map(|r| Some((r.iteration as f64, metric(&r.metrics, key)?)))
+                    .collect();
+                (short_label(m), pts)
+            })
             .collect();
-        let top = values.iter().map(|v| v.1).fold(0.0f64, f64::max).max(1e-6) * 1.15;
-        let n = values.len().max(1);
+        let top = series
+            .iter()
+            .flat_map(|(_, p)| p.iter().map(|v| v.1))
+            .chain(sft.and_then(|r| metric(&r.metrics, key)))
+            .fold(0.0f64, f64::max)
+            .max(1e-6)
+            * 1.15;
         let mut chart = ChartBuilder::on(area)
             .caption(title, ("sans-serif", 20))
             .margin(10)
             .x_label_area_size(40)
             .y_label_area_size(50)
-            .build_cartesian_2d((0..n - 1).into_segmented(), 0f64..top)?;
+            .build_cartesian_2d(-0.2f64..(last as f64 + 0.2), 0f64..top)?;
         chart
             .configure_mesh()
-            .disable_x_mesh()
-            .x_label_formatter(&|x| match x {
-                SegmentValue::CenterOf(i) => values
-                    .get(*i)
-                    .map(|v| short_label(&v.0))
-                    .unwrap_or_default(),
-                _ => String::new(),
-            })
+            .x_desc("iteration (0 = SFT)")
+            .x_labels(last as usize + 1)
+            .x_label_formatter(&|x| format!("{x:.0}"))
             .draw()?;
-        chart.draw_series(values.iter().enumerate().map(|(i, (_, v))| {
-            let color = Palette99::pick(i).to_rgba().filled();
-            Rectangle::new(
-                [
-                    (SegmentValue::Exact(i), 0.0),
-                    (SegmentValue::Exact(i + 1), *v),
-                ],
-                color,
-            )
-        }))?;
+        for (i, (name, pts)) in series.iter().enumerate() {
+            let color = Palette99::pick(i).to_rgba();
+            chart
+                .draw_series(LineSeries::new(pts.iter().copied(), color.stroke_width(2)))?
+                .label(name.clone())
+                .legend(move |(x, y)| {
+                    PathElement::new(vec![(x, y), (x + 16, y)], color.stroke_width(2))
+                });
+            chart.draw_series(pts.iter().map(|&p| Circle::new(p, 4, color.filled())))?;
+        }
+        if !series.is_empty() {
+            chart
+                .configure_series_labels()
+                .background_style(WHITE.mix(0.8))
+                .border_style(BLACK)
+                .draw()?;
+        }
     }
     root.present()?;
     Ok(())
@@ -386,24 +432,28 @@ fn short_label(label: &str) -> String {
 
 /// Write `results.json`, `results.md` and `plots/` into `run`; returns the markdown.
 pub fn run(run: &Path) -> Result<String> {
-    let rows = collect(run).with_context(|| format!("reading the run folder {}", run.display()))?;
+    let layout = RunLayout::new(run);
+    let rows =
+        collect(&layout).with_context(|| format!("reading the run folder {}", run.display()))?;
     anyhow::ensure!(
         !rows.is_empty(),
         "{}: no evaluated model yet (expected sft/eval/metrics.json or <method>/iter*/eval/metrics.json)",
         run.display()
     );
-    let json = serde_json::to_string_pretty(&to_json(run, &rows))?;
+    let json = serde_json::to_string_pretty(&to_json(&layout, &rows))?;
     exports::fsutil::write_atomic(&run.join("results.json"), json.as_bytes())?;
-    let md = markdown(run, &rows);
+    let md = markdown(&layout, &rows);
     exports::fsutil::write_atomic(&run.join("results.md"), md.as_bytes())?;
     let plots = run.join("plots");
     std::fs::create_dir_all(&plots)?;
     register_font()?;
     metrics_plot(&plots.join("metrics.png"), &rows)?;
-    for method in METHODS {
+    let mut methods: Vec<&str> = rows.iter().filter_map(|r| r.method.as_deref()).collect();
+    methods.dedup();
+    for method in methods {
         let its: Vec<&Row> = rows
             .iter()
-            .filter(|r| r.method == Some(method) && !r.curve.is_empty())
+            .filter(|r| r.method.as_deref() == Some(method) && !r.curve.is_empty())
             .collect();
         if !its.is_empty() {
             training_plot(&plots.join(format!("training-{method}.png")), method, &its)?;
@@ -422,24 +472,28 @@ mod tests {
     }
 
     #[test]
-    fn report_collects_metrics_pairs_and_times_and_draws_plots() {
+    fn report_collects_any_number_of_iterations_pairs_times_and_draws_plots() {
         let dir = tempfile::tempdir().unwrap();
         let r = dir.path();
         write(
             &r.join("sft/eval/metrics.json"),
             r#"{"examples": 4, "repeat@3": 8.0, "f1": 0.1}"#,
         );
-        write(&r.join("pref/pairs.jsonl"), "{}\n{}\n{}\n");
         let m = r.join("pairwise-cringe");
-        write(
-            &m.join("iter1/eval/metrics.json"),
-            r#"{"examples": 4, "repeat@3": 3.0, "f1": 0.11}"#,
-        );
-        write(
-            &m.join("iter2/eval/metrics.json"),
-            r#"{"examples": 4, "repeat@3": 1.5, "f1": 0.12}"#,
-        );
-        write(&m.join("iter1/new_pairs.jsonl"), "{}\n{}\n");
+        for (k, rep, pairs) in [(1, 3.0, 3), (2, 1.5, 5), (3, 1.0, 9)] {
+            write(
+                &m.join(format!("iter{k}/eval/metrics.json")),
+                &format!(
+                    r#"{{"examples": 4, "repeat@3": {rep}, "f1": 0.1{k}, "win_rate": 62.5, "win_rate_ci": [37.5, 87.5], "win_rate_prompts": 4}}"#
+                ),
+            );
+            write(
+                &m.join(format!("iter{k}/train/data.json")),
+                &format!(r#"{{"files": ["pref/pairs.jsonl"], "records": {pairs}}}"#),
+            );
+        }
+        // A method folder with an iteration not evaluated yet is not a row.
+        std::fs::create_dir_all(r.join("dpo/iter1/train")).unwrap();
         let line = |step: u64, loss: f64| {
             format!(
                 "{{\"step\":{step},\"epoch\":0.5,\"examples\":8,\"tokens\":900,\"loss\":{loss},\"ce\":1.0,\"cringe\":0.5,\"gate\":0.9,\"margin\":-3.0,\"chosen_logp\":-20.0,\"rejected_logp\":-17.0,\"accuracy\":0.25,\"lr\":1e-5,\"grad_norm\":2.0,\"tokens_per_s\":100.0}}\n"
@@ -451,30 +505,55 @@ mod tests {
         );
         write(
             &r.join(".stages/times.tsv"),
-            "sft-eval\t12.5\npairwise-cringe-iter1-label\t3.0\npairwise-cringe-iter2-fit\t100.0\n",
+            "sft-eval\t12.5\npairwise-cringe-iter1-label\t3.0\npairwise-cringe-iter1-generate\t7.0\npairwise-cringe-iter2-fit\t100.0\n",
+        );
+        write(
+            &r.join("reward/accuracy.json"),
+            r#"{"examples": 10, "loss": 0.4, "accuracy": 0.8}"#,
+        );
+        write(
+            &r.join("reward/train/data.json"),
+            r#"{"files": ["reward/train.jsonl"], "records": 40}"#,
         );
         let md = run(r).unwrap();
-        // Iteration 1 trains on the 3 PREF pairs; iteration 2 on PREF + 2 new pairs.
-        assert!(
-            md.contains("| pairwise-cringe, iteration 1 | 3.000 | 0.1100 | 4 | 3 |"),
-            "{md}"
-        );
         assert!(
             md.contains(
-                "| pairwise-cringe, iteration 2 | 1.500 | 0.1200 | 4 | 5 | fit 100, label 3 |"
+                "| pairwise-cringe, iteration 1 | 3.000 | 0.1100 | 62.5 [37.5, 87.5] | 4 | 3 |"
             ),
             "{md}"
         );
-        assert!(md.contains("18.8% of the SFT model's"), "{md}");
+        // Iteration 2's times include the labeling of iteration 1's samples it trains on.
+        assert!(
+            md.contains(
+                "| pairwise-cringe, iteration 2 | 1.500 | 0.1200 | 62.5 [37.5, 87.5] | 4 | 5 | fit 100, generate 7, label 3 |"
+            ),
+            "{md}"
+        );
+        assert!(
+            md.contains("| pairwise-cringe, iteration 3 | 1.000 | 0.1300 |"),
+            "{md}"
+        );
+        assert!(!md.contains("dpo, iteration"), "{md}");
+        // 1.0 / 8.0 for the final (third) iteration.
+        assert!(
+            md.contains("iteration 3 (final): Repeat@3 is 12.5% of the SFT model's"),
+            "{md}"
+        );
+        assert!(
+            md.contains("trained on 40 PREF pairs): held-out pair accuracy 0.800 on 10 held-out"),
+            "{md}"
+        );
         let json: Value =
             serde_json::from_str(&std::fs::read_to_string(r.join("results.json")).unwrap())
                 .unwrap();
         assert_eq!(json["methods"]["pairwise-cringe"]["iter2"]["pairs_used"], 5);
+        assert_eq!(json["methods"]["pairwise-cringe"]["iter3"]["pairs_used"], 9);
         assert_eq!(
             json["methods"]["pairwise-cringe"]["iter2"]["train_steps"],
             2
         );
         assert_eq!(json["sft"]["metrics"]["repeat@3"], 8.0);
+        assert_eq!(json["reward_model"]["heldout_accuracy"], 0.8);
         for png in ["plots/metrics.png", "plots/training-pairwise-cringe.png"] {
             let bytes = std::fs::read(r.join(png)).unwrap();
             assert_eq!(&bytes[1..4], b"PNG", "{png}");

@@ -17,6 +17,7 @@ pub mod layout;
 pub mod onnx;
 pub mod parquet_rows;
 pub mod records;
+pub mod run_layout;
 pub mod tokenizer;
 
 pub use checkpoint::{Checkpoint, DType, HostTensor};
