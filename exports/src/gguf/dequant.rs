@@ -14,7 +14,7 @@
 
 use half::{bf16, f16};
 
-use crate::gguf::reader::GgmlType;
+use crate::gguf::types::GgmlType;
 
 /// The types [`dequantize`] handles, for error messages.
 pub const SUPPORTED: &str = "F32, F16, BF16, Q8_0, Q4_0, Q4_1";

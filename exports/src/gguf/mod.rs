@@ -7,6 +7,7 @@ pub mod import;
 pub mod permute;
 pub mod reader;
 pub mod tokenizer;
+pub mod types;
 
 #[cfg(test)]
 mod test_writer;
@@ -14,4 +15,5 @@ mod test_writer;
 mod tests;
 
 pub use import::{import_gguf, read_gguf_model, ImportSummary, ImportedModel};
-pub use reader::{GgmlType, GgufFile, TensorInfo, Value};
+pub use reader::{GgufFile, TensorInfo, Value};
+pub use types::GgmlType;

@@ -4,7 +4,8 @@
 
 use half::f16;
 
-use crate::gguf::reader::{GgmlType, Value, DEFAULT_ALIGNMENT};
+use crate::gguf::reader::{Value, DEFAULT_ALIGNMENT};
+use crate::gguf::types::GgmlType;
 
 pub struct RawTensor {
     pub name: String,
