@@ -13,6 +13,11 @@
 //! the one that says more is preferred and the one that says least is rejected.
 //! A prompt yields no pair when all its rewards tie, when the reward gap is below `min_gap`, when
 //! chosen and rejected are the same text, or when it has fewer than two responses.
+//!
+//! With [`BinaryFeedback`], the responses that did not go into a pair become binary feedback
+//! records (`label` = reward ≥ threshold), so one labeling feeds both losses of a mixed run
+//! (the paper's conclusion): pairs get the pairwise loss, the rest cross-entropy or cringe.
+//! Chosen and rejected are left out there: they already carry their signal in the pair.
 
 use std::fmt;
 use std::path::PathBuf;
@@ -21,7 +26,8 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use exports::records::{
-    for_each_record, nested_meta, write_jsonl, GenerationRecord, Location, PairRecord, Prompt,
+    for_each_record, nested_meta, write_jsonl, BinaryRecord, GenerationRecord, Location,
+    PairRecord, Prompt,
 };
 use serde::Serialize;
 
@@ -116,6 +122,16 @@ pub struct LabelConfig {
     pub min_gap: f64,
     /// Where to write every prompt's scores, one `{"id","scores"}` line per prompt.
     pub scores_out: Option<PathBuf>,
+    /// Where and how to write binary feedback from the responses left out of the pairs.
+    pub binary: Option<BinaryFeedback>,
+}
+
+/// `engine label --binary-out FILE --binary-threshold X`.
+#[derive(Debug, Clone)]
+pub struct BinaryFeedback {
+    pub out: PathBuf,
+    /// A response with reward ≥ this is a positive.
+    pub threshold: f64,
 }
 
 /// What a label run did; its `Display` is the summary printed on stderr.
@@ -124,6 +140,9 @@ pub struct LabelSummary {
     pub prompts: usize,
     pub responses: usize,
     pub pairs: usize,
+    /// Binary feedback records written (with `--binary-out`), and how many of them are positive.
+    pub binary: usize,
+    pub binary_positive: usize,
     pub too_few_responses: usize,
     pub all_tied: usize,
     pub below_min_gap: usize,
@@ -141,6 +160,13 @@ impl fmt::Display for LabelSummary {
             "label: {} prompts, {} responses scored, {} pairs kept",
             self.prompts, self.responses, self.pairs
         )?;
+        if self.binary > 0 {
+            writeln!(
+                f,
+                "label: {} binary feedback records ({} positive)",
+                self.binary, self.binary_positive
+            )?;
+        }
         writeln!(
             f,
             "label: skipped {} with fewer than 2 responses, {} with all rewards tied, {} below --min-gap, {} with identical chosen/rejected text",
@@ -216,6 +242,7 @@ struct Labeler<'a> {
     scorer: Box<dyn Scorer>,
     source: String,
     pairs: Vec<PairRecord>,
+    binary: Vec<BinaryRecord>,
     score_lines: Vec<(String, Vec<f64>)>,
     rewards: Vec<f64>,
     summary: LabelSummary,
@@ -266,10 +293,11 @@ impl Labeler<'_> {
         self.summary.prompts += 1;
         self.summary.responses += texts.len();
         self.rewards.extend_from_slice(rewards);
-        match select_pair(&texts, rewards, self.cfg.min_gap) {
+        let selection = select_pair(&texts, rewards, self.cfg.min_gap);
+        match selection {
             Selection::Pair { chosen, rejected } => self.pairs.push(PairRecord {
                 id: Some(record.id.clone()),
-                prompt,
+                prompt: prompt.clone(),
                 chosen: texts[chosen].into(),
                 rejected: texts[rejected].into(),
                 chosen_reward: Some(rewards[chosen]),
@@ -283,6 +311,27 @@ impl Labeler<'_> {
             Selection::AllTied => self.summary.all_tied += 1,
             Selection::BelowMinGap => self.summary.below_min_gap += 1,
             Selection::IdenticalText => self.summary.identical_text += 1,
+        }
+        if let Some(b) = &self.cfg.binary {
+            let in_pair = |i: usize| matches!(selection, Selection::Pair { chosen, rejected } if i == chosen || i == rejected);
+            for (i, resp) in record.responses.iter().enumerate() {
+                if in_pair(i) {
+                    continue;
+                }
+                let label = rewards[i] >= b.threshold;
+                self.summary.binary_positive += usize::from(label);
+                let mut extra = nested_meta(&record.extra);
+                extra.insert("reward".into(), rewards[i].into());
+                extra.insert("source".into(), self.source.clone().into());
+                self.binary.push(BinaryRecord {
+                    id: Some(format!("{}#{i}", record.id)),
+                    prompt: prompt.clone(),
+                    response: resp.text.as_str().into(),
+                    label,
+                    finish_reason: Some(resp.finish_reason),
+                    extra,
+                });
+            }
         }
         if self.cfg.scores_out.is_some() {
             self.score_lines.push((record.id, rewards.to_vec()));
@@ -305,6 +354,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelSummary> {
         scorer,
         source,
         pairs: Vec::new(),
+        binary: Vec::new(),
         score_lines: Vec::new(),
         rewards: Vec::new(),
         summary: LabelSummary::default(),
@@ -326,6 +376,10 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelSummary> {
 
     write_jsonl(&cfg.out, &labeler.pairs)
         .with_context(|| format!("writing pairs to {}", cfg.out.display()))?;
+    if let Some(b) = &cfg.binary {
+        write_jsonl(&b.out, &labeler.binary)
+            .with_context(|| format!("writing binary feedback to {}", b.out.display()))?;
+    }
     if let Some(path) = &cfg.scores_out {
         let lines: Vec<ScoreLine<'_>> = labeler
             .score_lines
@@ -337,6 +391,7 @@ pub fn run(cfg: &LabelConfig) -> Result<LabelSummary> {
     }
     let mut summary = labeler.summary;
     summary.pairs = labeler.pairs.len();
+    summary.binary = labeler.binary.len();
     (summary.reward_mean, summary.reward_std) = mean_std(&labeler.rewards);
     summary.seconds = start.elapsed().as_secs_f64();
     summary.tokens = labeler.scorer.tokens_scored();

@@ -9,7 +9,7 @@ use anyhow::Result;
 use clap::{ArgGroup, Args, Parser, Subcommand, ValueEnum};
 use engine::bootstrap::{BootstrapConfig, DEFAULT_RESAMPLES};
 use engine::eval::{EvalConfig, Metric, ResponseSelection, WinRateConfig};
-use engine::label::{LabelConfig, RewardSpec};
+use engine::label::{BinaryFeedback, LabelConfig, RewardSpec};
 use engine::pair::PairConfig;
 use engine::reward::RewardModelConfig;
 use engine::session::{Device, SessionOptions};
@@ -90,6 +90,13 @@ struct LabelArgs {
     /// Also write `{"id","scores":[...]}` per prompt, scores in response order.
     #[arg(long, value_name = "FILE")]
     scores_out: Option<PathBuf>,
+    /// Also write binary feedback (JSONL): every response that did not go into its prompt's pair,
+    /// labeled `true` when its reward ≥ --binary-threshold, for mixed pairwise + binary training.
+    #[arg(long, value_name = "FILE")]
+    binary_out: Option<PathBuf>,
+    /// The reward at or above which a response is binary feedback `label: true`.
+    #[arg(long, default_value_t = 0.0, value_name = "X", requires = "binary_out")]
+    binary_threshold: f64,
 }
 
 impl LabelArgs {
@@ -100,6 +107,10 @@ impl LabelArgs {
             reward: reward_spec(self.reward, self.model).expect("clap requires one scorer"),
             min_gap: self.min_gap,
             scores_out: self.scores_out,
+            binary: self.binary_out.map(|out| BinaryFeedback {
+                out,
+                threshold: self.binary_threshold,
+            }),
         }
     }
 }

@@ -82,6 +82,7 @@ fn generation_keeps_every_extra_field_of_jsonl_and_parquet_prompts_and_pairs_car
         reward: RewardSpec::Repetition { n: 1 },
         min_gap: 0.0,
         scores_out: None,
+        binary: None,
     })
     .unwrap();
     assert_eq!(s.pairs, input.len());

@@ -133,6 +133,7 @@ fn label_and_win_rate_use_the_reward_model() {
             reward: RewardSpec::Model(scorer),
             min_gap: 0.0,
             scores_out: None,
+            binary: None,
         };
         let summary = engine::label::run(&cfg).unwrap();
         assert_eq!(summary.pairs, 1);

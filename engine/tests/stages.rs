@@ -93,10 +93,59 @@ fn label(dir: &Path, min_gap: f64) -> (LabelSummary, Vec<PairRecord>, Vec<Value>
         reward: "repetition:2".parse().unwrap(),
         min_gap,
         scores_out: Some(dir.join("scores.jsonl")),
+        binary: None,
     };
     let summary = engine::label::run(&cfg).unwrap();
     let pairs = read_jsonl::<PairRecord>(&cfg.out).unwrap();
     (summary, pairs, read_values(&dir.join("scores.jsonl")))
+}
+
+#[test]
+fn label_writes_the_responses_left_out_of_pairs_as_binary_feedback() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("binary.jsonl");
+    let cfg = LabelConfig {
+        generations: label_inputs(dir.path()),
+        out: dir.path().join("pairs.jsonl"),
+        reward: "repetition:2".parse().unwrap(),
+        min_gap: 0.0,
+        scores_out: None,
+        binary: Some(engine::label::BinaryFeedback {
+            out: out.clone(),
+            threshold: -1.0,
+        }),
+    };
+    let summary = engine::label::run(&cfg).unwrap();
+    // Rewards −2 0 −2 | 0 0 | −1 0 | 0 | −1 0 | 0 0 −1 (see the test below). Pairs take r1's 2nd
+    // and 3rd, both of r3 and r5, r7's 2nd and 3rd; what is left, labeled reward ≥ −1:
+    let got: Vec<(String, String, bool, f64)> = read_values(&out)
+        .iter()
+        .map(|v| {
+            (
+                v["id"].as_str().unwrap().to_string(),
+                v["response"].as_str().unwrap().to_string(),
+                v["label"].as_bool().unwrap(),
+                v["reward"].as_f64().unwrap(),
+            )
+        })
+        .collect();
+    let want: Vec<(String, String, bool, f64)> = [
+        ("r1#0", "the cat sat down", false, -2.0),
+        ("r2#0", "x y", true, 0.0),
+        ("r2#1", "", true, 0.0),
+        ("r4#0", "solo solo", true, 0.0),
+        ("r7#0", "y", true, 0.0),
+    ]
+    .iter()
+    .map(|&(a, b, c, d)| (a.to_string(), b.to_string(), c, d))
+    .collect();
+    assert_eq!(got, want);
+    assert_eq!((summary.binary, summary.binary_positive), (5, 4));
+    // They read back as binary feedback, the prompt with them.
+    let records = read_jsonl::<exports::records::TrainRecord>(&out).unwrap();
+    assert!(records
+        .iter()
+        .all(|r| matches!(r, exports::records::TrainRecord::Binary(_))));
 }
 
 #[test]
@@ -190,6 +239,7 @@ fn label_reports_bad_lines_and_bad_settings() {
         reward: RewardSpec::Repetition { n: 3 },
         min_gap: 0.0,
         scores_out: None,
+        binary: None,
     };
     let e = format!("{:#}", engine::label::run(&cfg).unwrap_err());
     assert!(e.contains(&format!("{}:2:", path.display())), "{e}");
@@ -454,6 +504,7 @@ fn reward_model_scoring_reports_what_is_missing() {
         reward: RewardSpec::Model(RewardModelConfig::new(dir.path().join("no-such-model"))),
         min_gap: 0.0,
         scores_out: None,
+        binary: None,
     };
     let e = format!("{:#}", engine::label::run(&cfg).unwrap_err());
     assert!(e.contains("no-such-model"), "{e}");

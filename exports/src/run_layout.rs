@@ -187,6 +187,10 @@ impl IterLayout {
     pub fn new_pairs(&self) -> PathBuf {
         self.dir.join("new_pairs.jsonl")
     }
+    /// Binary feedback from the responses left out of [`Self::new_pairs`] (`feedback.from_samples`).
+    pub fn new_binary(&self) -> PathBuf {
+        self.dir.join("new_binary.jsonl")
+    }
     pub fn scores(&self) -> PathBuf {
         self.dir.join("scores.jsonl")
     }

@@ -107,6 +107,19 @@ pub struct Label {
     pub min_gap: f64,
 }
 
+/// Mixed feedback (the paper's conclusion): binary records (`label` true/false) trained beside
+/// the pairs, each with its own loss: cross-entropy for positives, cringe for negatives.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Feedback {
+    /// Binary feedback files added to every iteration's training data.
+    pub binary: Vec<PathBuf>,
+    /// The sampled responses left out of the new pairs become binary feedback too
+    /// (`engine label --binary-out`), trained on wherever those new pairs are.
+    pub from_samples: bool,
+    /// Reward at or above which such a response is a positive.
+    pub threshold: f64,
+}
+
 #[derive(Debug, Clone, Deserialize)]
 pub struct Train {
     pub epochs: u32,
@@ -187,6 +200,7 @@ struct Raw {
     generation: Generation,
     sample: Sample,
     label: Label,
+    feedback: Feedback,
     train: Train,
     loss: BTreeMap<String, toml::Table>,
     reward_model: RewardModel,
@@ -209,6 +223,7 @@ pub struct Settings {
     pub generation: Generation,
     pub sample: Sample,
     pub label: Label,
+    pub feedback: Feedback,
     pub train: Train,
     /// The chosen method's `training fit` loss flags, e.g. `["--alpha", "0.5", …]`.
     pub loss_flags: Vec<String>,
@@ -336,6 +351,18 @@ impl Settings {
             }
         }
         let method = raw.method;
+        if method == Method::Dpo && (raw.feedback.from_samples || !raw.feedback.binary.is_empty()) {
+            return refuse(
+                "feedback: dpo trains on pairs only; binary feedback needs pairwise-cringe or binary-cringe"
+                    .into(),
+            );
+        }
+        if !raw.feedback.threshold.is_finite() {
+            return refuse(format!(
+                "feedback.threshold = {}: expected a finite number",
+                raw.feedback.threshold
+            ));
+        }
         let mut loss_flags = Vec::new();
         if let Some(t) = raw.loss.get(method.as_str()) {
             for (k, v) in t {
@@ -370,6 +397,15 @@ impl Settings {
             generation: raw.generation,
             sample: raw.sample,
             label: raw.label,
+            feedback: Feedback {
+                binary: raw
+                    .feedback
+                    .binary
+                    .iter()
+                    .map(|p| resolve(root, p))
+                    .collect(),
+                ..raw.feedback
+            },
             train: raw.train,
             loss_flags,
             reward_model: raw.reward_model,
@@ -509,6 +545,10 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(e.contains("tpu"), "{e}");
+        let e = load_text("method = \"dpo\"\n[feedback]\nfrom_samples = true\n", &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("feedback") && e.contains("dpo"), "{e}");
     }
 
     #[test]

@@ -459,9 +459,11 @@ pub fn plan(st: &Settings, run: &RunLayout) -> Vec<Stage> {
     out
 }
 
-/// The data iteration k trains on: PREF, plus the new pairs of earlier iterations.
+/// The data iteration k trains on: PREF, plus the new pairs of earlier iterations, plus the
+/// binary feedback of the settings and (with `feedback.from_samples`) of those iterations.
 fn iteration_data(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<PathBuf> {
     let mut files = vec![run.pref_pairs()];
+    files.extend(st.feedback.binary.iter().cloned());
     let earlier: Vec<u32> = match st.new_pairs {
         NewPairs::All => (1..it.iteration).collect(),
         NewPairs::Latest => (it.iteration > 1)
@@ -469,11 +471,13 @@ fn iteration_data(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<PathBu
             .into_iter()
             .collect(),
     };
-    files.extend(
-        earlier
-            .into_iter()
-            .map(|j| run.iter(&it.method, j).new_pairs()),
-    );
+    for j in earlier {
+        let earlier_it = run.iter(&it.method, j);
+        files.push(earlier_it.new_pairs());
+        if st.feedback.from_samples {
+            files.push(earlier_it.new_binary());
+        }
+    }
     files
 }
 
@@ -557,6 +561,13 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
     ];
     a.extend(judge_flags(st, run));
     a.extend(["--min-gap".into(), st.label.min_gap.to_string()]);
+    let mut outputs = vec![it.new_pairs()];
+    if st.feedback.from_samples {
+        a.extend([
+            "--binary-threshold".into(),
+            st.feedback.threshold.to_string(),
+        ]);
+    }
     let settings = a[3..].join(" ");
     a.extend([
         "--out".into(),
@@ -564,6 +575,10 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
         "--scores-out".into(),
         s(&it.scores()),
     ]);
+    if st.feedback.from_samples {
+        a.extend(["--binary-out".into(), s(&it.new_binary())]);
+        outputs.push(it.new_binary());
+    }
     let mut inputs = vec![it.unlabeled_generations()];
     inputs.extend(judge_inputs(st, run));
     let label = Stage {
@@ -571,7 +586,7 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
         settings,
         inputs,
         bins: vec![Bin::Engine],
-        outputs: vec![it.new_pairs()],
+        outputs,
         work: Work::Commands(vec![Cmd {
             bin: Bin::Engine,
             args: a,
@@ -842,6 +857,63 @@ mod tests {
         assert_eq!(
             changed(&base, &["iterations=3", "generation.max_new_tokens=64"]).len(),
             3 + 3 + 2
+        );
+    }
+
+    #[test]
+    fn mixed_feedback_reaches_label_and_every_later_fit() {
+        let plan = plan_of(&[
+            "iterations=3",
+            "feedback.from_samples=true",
+            "feedback.threshold=-1.0",
+            "feedback.binary=[\"/f/thumbs.jsonl\"]",
+        ]);
+        let find = |n: &str| plan.iter().find(|s| s.name == n).unwrap();
+        let label = find("pairwise-cringe-iter1-label");
+        assert_eq!(
+            label.outputs,
+            [
+                "/r/pairwise-cringe/iter1/new_pairs.jsonl",
+                "/r/pairwise-cringe/iter1/new_binary.jsonl"
+            ]
+            .map(PathBuf::from)
+        );
+        let Work::Commands(cmds) = &label.work else {
+            panic!("label runs commands")
+        };
+        let args = cmds[0].args.join(" ");
+        assert!(
+            args.contains("--binary-threshold -1 ")
+                && args.ends_with("--binary-out /r/pairwise-cringe/iter1/new_binary.jsonl"),
+            "{args}"
+        );
+        assert_eq!(
+            &find("pairwise-cringe-iter1-fit").inputs[1..],
+            ["/r/pref/pairs.jsonl", "/f/thumbs.jsonl"].map(PathBuf::from)
+        );
+        assert_eq!(
+            &find("pairwise-cringe-iter3-fit").inputs[1..],
+            [
+                "/r/pref/pairs.jsonl",
+                "/f/thumbs.jsonl",
+                "/r/pairwise-cringe/iter1/new_pairs.jsonl",
+                "/r/pairwise-cringe/iter1/new_binary.jsonl",
+                "/r/pairwise-cringe/iter2/new_pairs.jsonl",
+                "/r/pairwise-cringe/iter2/new_binary.jsonl"
+            ]
+            .map(PathBuf::from)
+        );
+        // The threshold reaches the labels and, through their outputs, the fits after them.
+        assert_eq!(
+            changed(
+                &["iterations=3", "feedback.from_samples=true"],
+                &[
+                    "iterations=3",
+                    "feedback.from_samples=true",
+                    "feedback.threshold=-2.0"
+                ]
+            ),
+            ["pairwise-cringe-iter1-label", "pairwise-cringe-iter2-label"]
         );
     }
 
