@@ -1,7 +1,21 @@
 // Bake libtorch's folder into the binaries' rpath so they run without LD_LIBRARY_PATH.
 // torch-sys exports the folder to crates that depend on it directly (`links = "tch"`).
+// Also compile csrc/autocast.cpp (libtorch's per-device-type autocast switch, which tch lacks)
+// against the headers of that same libtorch (`<libtorch>/include` beside `<libtorch>/lib`).
 fn main() {
-    if let Ok(dir) = std::env::var("DEP_TCH_LIBTORCH_LIB") {
-        println!("cargo:rustc-link-arg=-Wl,-rpath,{dir}");
-    }
+    println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
+        .expect("torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)");
+    println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
+    let include = std::path::Path::new(&lib)
+        .parent()
+        .expect("libtorch's lib folder has a parent")
+        .join("include");
+    cc::Build::new()
+        .cpp(true)
+        .file("csrc/autocast.cpp")
+        .include(&include)
+        .flag("-std=c++17")
+        .flag("-w")
+        .compile("pco_autocast");
 }

@@ -11,9 +11,14 @@ Usage (the bash driver calls these):
       Run COMMAND and write its peak resident set size (KiB, getrusage of the child) to OUT_FILE;
       both sides are measured this way.
   train_peer.py run --model HF_DIR --pairs FILE --steps N --threads K [loss/optimizer flags]
+                    [--precision fp32|bf16] [--gradient-checkpointing]
       Train N steps on all pairs of FILE (one optimizer batch, one forward for the 2 x pairs rows)
       and print one JSON line per step and a summary line:
-      {"peer", "steps", "tokens_per_step", "step_seconds": [...], "first": {step-1 statistics}}.
+      {"peer", "steps", "tokens_per_step", "step_seconds": [...], "losses": [...],
+       "first": {step-1 statistics}}.
+      --precision bf16 runs the forward and the loss under torch.autocast("cpu", torch.bfloat16)
+      (fp32 weights and optimizer, as `training fit --precision bf16`); --gradient-checkpointing
+      is transformers' model.gradient_checkpointing_enable() (torch.utils.checkpoint per layer).
 
 The step follows ../shared/spec/LOSSES.md (Pairwise Cringe, soft gate with gradient, sum margin,
 cringe draw from the top k with the target removed), AdamW as torch.optim.AdamW with decay on
@@ -159,6 +164,8 @@ def run(a):
     model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32)
     model.train()
     model.config.use_cache = False
+    if a.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
@@ -166,23 +173,27 @@ def run(a):
     ]
     opt = torch.optim.AdamW(groups, lr=a.lr, betas=(a.beta1, a.beta2), eps=a.eps)
     gen = torch.Generator().manual_seed(a.seed)
-    seconds, first = [], None
+    seconds, losses, first = [], [], None
+    autocast = torch.autocast("cpu", dtype=torch.bfloat16, enabled=a.precision == "bf16")
     attention = torch.ones_like(ids)
     for step in range(a.steps):
         t0 = time.perf_counter()
         opt.zero_grad(set_to_none=True)
-        logits = model(input_ids=ids, attention_mask=attention).logits
-        loss, stats = pairwise_cringe(logits, ids, mask, pairs, a, gen)
+        with autocast:
+            # transformers casts the logits to fp32 before any loss (as `training fit` does).
+            logits = model(input_ids=ids, attention_mask=attention).logits.float()
+            loss, stats = pairwise_cringe(logits, ids, mask, pairs, a, gen)
         del logits
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(params, a.grad_clip).item()
         opt.step()
         dt = time.perf_counter() - t0
         seconds.append(dt)
+        losses.append(stats["loss"])
         stats.update(step=step + 1, grad_norm=grad_norm, seconds=dt, tokens_per_s=ids.numel() / dt)
         first = first or stats
         print(json.dumps(stats), file=sys.stderr, flush=True)
-    print(json.dumps({"peer": "pytorch", "steps": a.steps, "tokens_per_step": ids.numel(), "step_seconds": seconds, "first": first}))
+    print(json.dumps({"peer": "pytorch", "steps": a.steps, "tokens_per_step": ids.numel(), "step_seconds": seconds, "losses": losses, "first": first}))
 
 
 def maxrss(out, cmd):
@@ -222,6 +233,8 @@ def main():
     r.add_argument("--eps", type=float, default=1e-8)
     r.add_argument("--weight-decay", type=float, default=0.01)
     r.add_argument("--grad-clip", type=float, default=1.0)
+    r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    r.add_argument("--gradient-checkpointing", action="store_true")
     a = ap.parse_args()
     make_pairs(a) if a.cmd == "pairs" else run(a)
 

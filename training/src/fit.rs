@@ -9,9 +9,10 @@ use exports::{Head, Tokenizer};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
+use crate::amp::Precision;
 use crate::data::{collate, plan, CollateConfig, Dataset, EncodeConfig, Item, MicroBatch};
 use crate::metrics_log::{metrics_line, MetricsLine, MetricsLog, Progress, StepInfo};
-use crate::model::Model;
+use crate::model::{Model, Recompute};
 use crate::objectives::{
     lm_loss, reward_loss, seq_terms_fused, CringeInputs, FusedTerms, HeadInputs, Layout,
     Normalizers, ObjectiveConfig, StatSums, StepStats,
@@ -50,6 +51,10 @@ pub struct FitConfig {
     pub train_on_prompt: bool,
     /// Continue from the latest checkpoint in `out`.
     pub resume: bool,
+    /// fp32, or bf16 autocast (fp32 weights, optimizer and reductions); `auto`: bf16 on CUDA only.
+    pub precision: Precision,
+    /// Keep only each block's input in the forward and recompute the block in the backward.
+    pub gradient_checkpointing: bool,
     pub objective: ObjectiveConfig,
     pub optim: OptimConfig,
 }
@@ -71,6 +76,8 @@ impl Default for FitConfig {
             max_length: None,
             train_on_prompt: false,
             resume: false,
+            precision: Precision::Auto,
+            gradient_checkpointing: false,
             objective: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
         }
@@ -124,6 +131,7 @@ pub struct EvalConfig {
     pub reference: Option<PathBuf>,
     /// Seed of the cringe draws (irrelevant with `cringe_k = 1`).
     pub seed: u64,
+    pub precision: Precision,
 }
 
 /// What a finished run reports.
@@ -146,45 +154,69 @@ fn head_of(obj: &ObjectiveConfig) -> Head {
 struct LossRunner<'a> {
     model: &'a Model,
     objective: &'a ObjectiveConfig,
+    device: Device,
     autocast: bool,
+    /// Gradient checkpointing (training only).
+    checkpointing: bool,
 }
 
 /// A micro-batch's loss contribution, its statistics, and how to backpropagate it.
-struct MicroLoss {
+struct MicroLoss<'a> {
     loss: Tensor,
     sums: StatSums,
     /// LM objectives: the chunked head computation that owns the gradient path to the model.
     fused: Option<FusedTerms>,
+    /// Gradient checkpointing: the rest of the backward pass, through the blocks.
+    recompute: Option<Recompute<'a>>,
 }
 
-impl MicroLoss {
+impl MicroLoss<'_> {
     /// Accumulate this micro-batch's gradient into the parameters' `.grad`.
     fn backward(self) {
         match self.fused {
             Some(f) => f.backward(&self.loss),
             None => self.loss.backward(),
         }
+        if let Some(r) = self.recompute {
+            r.backward();
+        }
     }
 }
 
-impl LossRunner<'_> {
+impl<'a> LossRunner<'a> {
+    /// Final hidden states, checkpointed when training with gradient checkpointing.
+    fn hidden(&self, mb: &MicroBatch) -> (Tensor, Option<Recompute<'a>>) {
+        if self.checkpointing {
+            let (h, r) = self
+                .model
+                .hidden_states_checkpointed(&mb.input_ids, &mb.attention_mask);
+            (h, Some(r))
+        } else {
+            (
+                self.model.hidden_states(&mb.input_ids, &mb.attention_mask),
+                None,
+            )
+        }
+    }
+
     /// Loss contribution and statistics of one micro-batch.
-    fn micro(&self, mb: &MicroBatch, norms: &Normalizers) -> Result<MicroLoss> {
-        tch::autocast(self.autocast, || {
+    fn micro(&self, mb: &MicroBatch, norms: &Normalizers) -> Result<MicroLoss<'a>> {
+        crate::amp::autocast(self.device, self.autocast, || {
+            let (hidden, recompute) = self.hidden(mb);
             if self.objective.name.is_reward() {
                 let rewards = self
                     .model
-                    .score(&mb.input_ids, &mb.attention_mask)
+                    .score_of(&hidden, &mb.attention_mask)
                     .to_kind(Kind::Float);
                 let (loss, sums) = reward_loss(&mb.layout, &rewards, norms)?;
                 return Ok(MicroLoss {
                     loss,
                     sums,
                     fused: None,
+                    recompute,
                 });
             }
             // Hidden states, not logits: the head runs chunked over response positions only.
-            let hidden = self.model.hidden_states(&mb.input_ids, &mb.attention_mask);
             let cringe = mb.uniforms.as_ref().map(|u| CringeInputs {
                 rows: mb.layout.cringe_rows() as i64,
                 uniforms: u,
@@ -209,6 +241,7 @@ impl LossRunner<'_> {
                 loss,
                 sums,
                 fused: Some(fused),
+                recompute,
             })
         })
     }
@@ -275,7 +308,7 @@ fn ensure_f32(vs: &mut tch::nn::VarStore) {
 pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
     cfg.validate()?;
     let device = crate::device::parse_device(&cfg.device)?;
-    let autocast = device.is_cuda();
+    let autocast = cfg.precision.autocast(device);
     let head = head_of(&cfg.objective);
     let tok = Tokenizer::load(&cfg.model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.model.display()))?;
@@ -340,7 +373,9 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
     let runner = LossRunner {
         model: &model,
         objective: &cfg.objective,
+        device,
         autocast,
+        checkpointing: cfg.gradient_checkpointing,
     };
     let pad = tok.pad().as_i64();
     let progress = Progress::new(total, start);
@@ -500,7 +535,7 @@ fn check_resumable(cfg: &FitConfig, state: &TrainerState, dir: &Path) -> Result<
 pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     cfg.objective.validate()?;
     let device = crate::device::parse_device(&cfg.device)?;
-    let autocast = device.is_cuda();
+    let autocast = cfg.precision.autocast(device);
     let tok = Tokenizer::load(&cfg.model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.model.display()))?;
     let (_vs, model) = crate::weights::load_model(&cfg.model, device, head_of(&cfg.objective))?;
@@ -525,7 +560,9 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     let runner = LossRunner {
         model: &model,
         objective: &cfg.objective,
+        device,
         autocast,
+        checkpointing: false,
     };
     let ccfg = CollateConfig {
         objective: cfg.objective.name,

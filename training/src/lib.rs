@@ -1,5 +1,6 @@
 //! `training`: libtorch models, the paper's objectives, the fit loop and checkpoints.
 
+pub mod amp;
 pub mod data;
 pub mod device;
 pub mod fit;

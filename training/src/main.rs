@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
+use training::amp::Precision;
 use training::fit::{self, EvalConfig, FitConfig};
 use training::objectives::{Gate, MarginReduction, Objective, ObjectiveConfig};
 use training::optim::Schedule;
@@ -103,9 +104,16 @@ struct FitArgs {
     max_steps: Option<u64>,
     #[arg(long)]
     seed: Option<u64>,
-    /// cpu | cuda | cuda:N (bf16 autocast on CUDA).
+    /// cpu | cuda | cuda:N.
     #[arg(long)]
     device: Option<String>,
+    /// fp32 | bf16 (autocast: bf16 matrix products, fp32 weights, optimizer and reductions) |
+    /// auto (bf16 on CUDA, fp32 on CPU; the default).
+    #[arg(long, value_enum)]
+    precision: Option<Precision>,
+    /// Recompute each block's activations in the backward pass instead of keeping them.
+    #[arg(long)]
+    gradient_checkpointing: bool,
     #[arg(long)]
     save_every: Option<u64>,
     /// Keep only the newest N checkpoint-<step> folders (final is always kept).
@@ -158,7 +166,7 @@ impl FitArgs {
         macro_rules! set {
             ($t:expr; $($f:ident),*) => { $( if let Some(v) = self.$f { $t.$f = v; } )* };
         }
-        set!(c; batch_size, micro_batch_size, epochs, seed, device);
+        set!(c; batch_size, micro_batch_size, epochs, seed, device, precision);
         set!(c.optim; lr, beta1, beta2, eps, weight_decay, warmup_steps, schedule, grad_clip);
         if self.max_steps.is_some() {
             c.max_steps = self.max_steps;
@@ -174,6 +182,7 @@ impl FitArgs {
         }
         c.train_on_prompt |= self.train_on_prompt;
         c.resume |= self.resume;
+        c.gradient_checkpointing |= self.gradient_checkpointing;
         c.validate()?;
         Ok(c)
     }
@@ -202,6 +211,9 @@ struct EvalArgs {
     reference: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
+    /// fp32 | bf16 | auto (bf16 on CUDA, fp32 on CPU).
+    #[arg(long, value_enum, default_value = "auto")]
+    precision: Precision,
     /// Print one JSON object.
     #[arg(long)]
     json: bool,
@@ -235,6 +247,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 train_on_prompt: args.train_on_prompt,
                 reference: args.reference,
                 seed: args.seed,
+                precision: args.precision,
             };
             let stats = fit::evaluate(&cfg)?;
             let mut v = serde_json::to_value(&stats)?;

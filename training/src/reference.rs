@@ -171,7 +171,7 @@ pub fn attach(
         let items: Vec<(usize, &Item)> = chunk.iter().map(|&i| (i, &ds.items[i])).collect();
         let mb = collate(&items, &ccfg)?;
         let p = mb.layout.pairs as i64;
-        let logp = tch::autocast(cfg.autocast, || -> Result<tch::Tensor> {
+        let logp = crate::amp::autocast(cfg.device, cfg.autocast, || -> Result<tch::Tensor> {
             let logits = model.forward(&mb.input_ids, &mb.attention_mask);
             Ok(seq_terms(&logits, &mb.input_ids, &mb.response_mask, None)?.logp_sum)
         })?;

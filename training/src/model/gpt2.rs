@@ -49,6 +49,17 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    // `x + a`, not `x += a`: tch's `+=` adds in place, which would overwrite a tensor that
+    // autograd saved for the backward pass of the previous norm.
+    fn forward(&self, x: &Tensor, mask: &AttnMask) -> Tensor {
+        let a = self.attn.forward(&self.ln_1.forward(x), mask);
+        let x = x + a;
+        let m = self.mlp.forward(&self.ln_2.forward(&x));
+        x + m
+    }
+}
+
 pub(crate) struct Gpt2 {
     wte: Tensor,
     wpe: Tensor,
@@ -103,18 +114,31 @@ impl Gpt2 {
     }
 
     /// Final-norm hidden states `[B, T, H]`; `positions` `[B, T]` index the learned positions.
-    // `x = x + h`, not `x += h`: tch's `+=` adds in place, which would overwrite a tensor that
-    // autograd saved for the backward pass of the previous norm.
-    #[allow(clippy::assign_op_pattern)]
     pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttnMask) -> Tensor {
-        let mut x = Tensor::embedding(&self.wte, input_ids, -1, false, false)
-            + Tensor::embedding(&self.wpe, positions, -1, false, false);
+        let mut x = self.embed(input_ids, positions);
         for block in &self.h {
-            let a = block.attn.forward(&block.ln_1.forward(&x), mask);
-            x = x + a;
-            let m = block.mlp.forward(&block.ln_2.forward(&x));
-            x = x + m;
+            x = block.forward(&x, mask);
         }
-        self.ln_f.forward(&x)
+        self.finish(&x)
+    }
+
+    /// The residual stream entering block 0: token plus position embeddings.
+    pub fn embed(&self, input_ids: &Tensor, positions: &Tensor) -> Tensor {
+        Tensor::embedding(&self.wte, input_ids, -1, false, false)
+            + Tensor::embedding(&self.wpe, positions, -1, false, false)
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.h.len()
+    }
+
+    /// Block `i` on the residual stream `x`.
+    pub fn block(&self, i: usize, x: &Tensor, mask: &AttnMask) -> Tensor {
+        self.h[i].forward(x, mask)
+    }
+
+    /// The final layer norm.
+    pub fn finish(&self, x: &Tensor) -> Tensor {
+        self.ln_f.forward(x)
     }
 }

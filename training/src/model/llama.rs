@@ -73,6 +73,19 @@ struct Block {
     mlp: Mlp,
 }
 
+impl Block {
+    // `x + h`, not `x += h`: tch's `+=` adds in place, which would overwrite a tensor that
+    // autograd saved for the backward pass of the previous norm.
+    fn forward(&self, x: &Tensor, cos: &Tensor, sin: &Tensor, mask: &AttnMask) -> Tensor {
+        let h = self
+            .self_attn
+            .forward(&self.input_layernorm.forward(x), cos, sin, mask);
+        let x = x + h;
+        let h = self.mlp.forward(&self.post_attention_layernorm.forward(&x));
+        x + h
+    }
+}
+
 pub(crate) struct Llama {
     embed_tokens: Tensor,
     layers: Vec<Block>,
@@ -156,22 +169,43 @@ impl Llama {
     }
 
     /// Final-norm hidden states `[B, T, H]`; `positions` `[B, T]`.
-    // `x = x + h`, not `x += h`: tch's `+=` adds in place, which would overwrite a tensor that
-    // autograd saved for the backward pass of the previous norm.
-    #[allow(clippy::assign_op_pattern)]
     pub fn hidden_states(&self, input_ids: &Tensor, positions: &Tensor, mask: &AttnMask) -> Tensor {
-        let (cos, sin) = self.rotary.cos_sin(positions);
-        let mut x = Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false);
+        let (cos, sin) = self.rotary(positions);
+        let mut x = self.embed(input_ids);
         for block in &self.layers {
-            let h = block
-                .self_attn
-                .forward(&block.input_layernorm.forward(&x), &cos, &sin, mask);
-            x = x + h;
-            let h = block
-                .mlp
-                .forward(&block.post_attention_layernorm.forward(&x));
-            x = x + h;
+            x = block.forward(&x, &cos, &sin, mask);
         }
-        self.norm.forward(&x)
+        self.finish(&x)
+    }
+
+    /// The rotary tables `(cos, sin)` of `positions`, shared by every block.
+    pub fn rotary(&self, positions: &Tensor) -> (Tensor, Tensor) {
+        self.rotary.cos_sin(positions)
+    }
+
+    /// The residual stream entering block 0.
+    pub fn embed(&self, input_ids: &Tensor) -> Tensor {
+        Tensor::embedding(&self.embed_tokens, input_ids, -1, false, false)
+    }
+
+    pub fn num_blocks(&self) -> usize {
+        self.layers.len()
+    }
+
+    /// Block `i` on the residual stream `x`.
+    pub fn block(
+        &self,
+        i: usize,
+        x: &Tensor,
+        cos: &Tensor,
+        sin: &Tensor,
+        mask: &AttnMask,
+    ) -> Tensor {
+        self.layers[i].forward(x, cos, sin, mask)
+    }
+
+    /// The final norm.
+    pub fn finish(&self, x: &Tensor) -> Tensor {
+        self.norm.forward(x)
     }
 }

@@ -14,9 +14,12 @@
 //! left-padded row's first real token is at position 0, as in `generate`), and attention is causal
 //! and never looks at padding keys.
 
+mod checkpoint;
 mod gpt2;
 mod layers;
 mod llama;
+
+pub use checkpoint::Recompute;
 
 use std::collections::HashMap;
 
@@ -223,6 +226,41 @@ impl Model {
         }
     }
 
+    /// [`Model::hidden_states`] with gradient checkpointing: the same values, with only each
+    /// block's input kept for the backward pass. After backpropagating a loss built from the
+    /// result, call [`Recompute::backward`] to carry the gradient through the blocks (see
+    /// `checkpoint`'s module docs).
+    ///
+    /// # Panics
+    /// On inputs that [`Model::check_inputs`] rejects.
+    pub fn hidden_states_checkpointed(
+        &self,
+        input_ids: &Tensor,
+        attention_mask: &Tensor,
+    ) -> (Tensor, Recompute<'_>) {
+        self.checked(input_ids, attention_mask);
+        let mask = attention_mask.to_kind(Kind::Int64);
+        let positions = positions_from_mask(&mask);
+        let attn = AttnMask::new(&mask, self.cfg.sliding_window);
+        match &self.backbone {
+            Backbone::Llama(m) => {
+                let (cos, sin) = m.rotary(&positions);
+                checkpoint::checkpointed(
+                    m.embed(input_ids),
+                    m.num_blocks(),
+                    Box::new(move |i, x| m.block(i, x, &cos, &sin, &attn)),
+                    |x| m.finish(x),
+                )
+            }
+            Backbone::Gpt2(m) => checkpoint::checkpointed(
+                m.embed(input_ids, &positions),
+                m.num_blocks(),
+                Box::new(move |i, x| m.block(i, x, &attn)),
+                |x| m.finish(x),
+            ),
+        }
+    }
+
     /// The head applied at every position: logits `[B, T, V]` for `Head::Lm`, per-token reward
     /// scores `[B, T, 1]` for `Head::Reward`.
     ///
@@ -247,7 +285,22 @@ impl Model {
             "Model::score needs a reward head (Head::Reward); this model has {:?}",
             self.head
         );
-        let hidden = self.hidden_states(input_ids, attention_mask);
+        self.score_of(
+            &self.hidden_states(input_ids, attention_mask),
+            attention_mask,
+        )
+    }
+
+    /// [`Model::score`] from hidden states already computed (e.g. checkpointed).
+    ///
+    /// # Panics
+    /// If the head is not `Head::Reward`.
+    pub fn score_of(&self, hidden: &Tensor, attention_mask: &Tensor) -> Tensor {
+        assert!(
+            self.head == Head::Reward,
+            "Model::score needs a reward head (Head::Reward); this model has {:?}",
+            self.head
+        );
         let last = last_token_index(attention_mask);
         let (b, h) = (hidden.size()[0], hidden.size()[2]);
         let index = last.view([b, 1, 1]).expand([b, 1, h], false);

@@ -54,6 +54,9 @@ struct GradState {
     plus_ids: Tensor,
     n_cringe: i64,
     chunk: i64,
+    /// The kind the forward's head products ran in: fp32, or bf16/f16 under autocast. The
+    /// backward recomputes the logits and runs its products in the same kind.
+    compute: Kind,
     /// Leaves the loss is built from: target logit `[N]`, log-sum-exp `[N]`, positive logit
     /// `[n_cringe]`.
     leaf_target: Tensor,
@@ -147,6 +150,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
 
     let (mut tgt_parts, mut lse_parts, mut plus_parts, mut plus_id_parts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut compute = Kind::Float;
     {
         let _guard = tch::no_grad_guard();
         let mut start = 0;
@@ -154,8 +158,9 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             let len = chunk.min(n - start);
             let logits = hidden
                 .narrow(0, start, len)
-                .linear(x.weight, None::<Tensor>)
-                .to_kind(Kind::Float);
+                .linear(x.weight, None::<Tensor>);
+            compute = logits.kind();
+            let logits = logits.to_kind(Kind::Float);
             let tgt = targets.narrow(0, start, len);
             tgt_parts.push(logits.gather(1, &tgt.unsqueeze(1), false).squeeze_dim(1));
             lse_parts.push(logits.logsumexp([1i64].as_slice(), false));
@@ -208,6 +213,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             plus_ids,
             n_cringe,
             chunk,
+            compute,
             leaf_target,
             leaf_lse,
             leaf_plus,
@@ -239,15 +245,18 @@ impl FusedTerms {
         }
         let (grad_hidden, grad_weight) = {
             let _guard = tch::no_grad_guard();
-            let hidden = s.hidden.detach().to_kind(Kind::Float);
-            let weight = s.weight.detach().to_kind(Kind::Float);
-            let mut grad_weight = weight.zeros_like();
+            // The forward's products ran in `compute` (bf16 under autocast): the logits are
+            // recomputed in it, so that the softmax below matches the forward's log-sum-exp,
+            // and the two gradient products run in it too; the rest is fp32.
+            let hidden = s.hidden.detach().to_kind(s.compute);
+            let weight = s.weight.detach().to_kind(s.compute);
+            let mut grad_weight = Tensor::zeros(s.weight.size(), (Kind::Float, s.weight.device()));
             let mut parts = Vec::new();
             let mut start = 0;
             while start < n {
                 let len = s.chunk.min(n - start);
                 let h = hidden.narrow(0, start, len);
-                let mut d = h.linear(&weight, None::<Tensor>);
+                let mut d = h.linear(&weight, None::<Tensor>).to_kind(Kind::Float);
                 // softmax = exp(logits - lse), scaled by d loss / d lse, in place.
                 let _ = d.g_sub_(&s.lse.narrow(0, start, len).unsqueeze(1));
                 let _ = d.exp_();
@@ -265,8 +274,14 @@ impl FusedTerms {
                         &g_plus.narrow(0, start, m).unsqueeze(1),
                     );
                 }
-                parts.push(d.matmul(&weight));
-                let _ = grad_weight.addmm_(&d.transpose(0, 1), &h);
+                if s.compute == Kind::Float {
+                    parts.push(d.matmul(&weight));
+                    let _ = grad_weight.addmm_(&d.transpose(0, 1), &h);
+                } else {
+                    let d = d.to_kind(s.compute);
+                    parts.push(d.matmul(&weight));
+                    let _ = grad_weight.g_add_(&d.transpose(0, 1).mm(&h).to_kind(Kind::Float));
+                }
                 start += len;
             }
             (Tensor::cat(&parts, 0), grad_weight)
@@ -334,6 +349,15 @@ mod tests {
     /// end of the cringe rows; 64 is one chunk). `tied` also feeds the head matrix into the hidden
     /// states, as a tied embedding does, so the head's gradient has two sources.
     fn check(k: i64, chunk: i64, detach_positive: bool, tied: bool) {
+        check_in(k, chunk, detach_positive, tied, false);
+    }
+
+    /// `check` with both forwards under CPU bf16 autocast when `bf16`: the head's products then
+    /// run in bf16 on both paths (the fused backward recomputes the logits in bf16 too), so values
+    /// agree to fp32 rounding and gradients to bf16 rounding of the products' results.
+    fn check_in(k: i64, chunk: i64, detach_positive: bool, tied: bool, bf16: bool) {
+        let (rtol, atol) = if bf16 { (2e-2, 2e-3) } else { (1e-4, 1e-5) };
+        let ac = |f: &dyn Fn() -> SeqTerms| crate::amp::autocast(Device::Cpu, bf16, f);
         let c = case();
         let w = (Tensor::randn([11, 5], K) * 2.0).set_requires_grad(true);
         let base = Tensor::randn([4, 7, 5], K).set_requires_grad(true);
@@ -354,29 +378,30 @@ mod tests {
             detach_positive,
         };
 
-        let want = seq_terms(
-            &hidden_of(&base, &w).linear(&w, None::<Tensor>),
-            &c.ids,
-            &c.mask,
-            Some(&cringe),
-        )
-        .unwrap();
+        let want = ac(&|| {
+            let logits = hidden_of(&base, &w).linear(&w, None::<Tensor>);
+            assert_eq!(logits.kind() == Kind::BFloat16, bf16);
+            seq_terms(&logits, &c.ids, &c.mask, Some(&cringe)).unwrap()
+        });
         let want_loss = loss_of(&want);
         want_loss.backward();
 
         let (base2, w2) = (fresh(&base), fresh(&w));
         let hidden = hidden_of(&base2, &w2);
-        let got = seq_terms_chunked(
-            &HeadInputs {
-                hidden: &hidden,
-                weight: &w2,
-                input_ids: &c.ids,
-                response_mask: &c.mask,
-                cringe: Some(&cringe),
-            },
-            chunk,
-        )
-        .unwrap();
+        let got = crate::amp::autocast(Device::Cpu, bf16, || {
+            seq_terms_chunked(
+                &HeadInputs {
+                    hidden: &hidden,
+                    weight: &w2,
+                    input_ids: &c.ids,
+                    response_mask: &c.mask,
+                    cringe: Some(&cringe),
+                },
+                chunk,
+            )
+            .unwrap()
+        });
+        assert_eq!(got.grad.compute == Kind::BFloat16, bf16);
         for (name, a, b) in [
             ("logp_sum", &got.terms.logp_sum, &want.logp_sum),
             ("n_tokens", &got.terms.n_tokens, &want.n_tokens),
@@ -393,11 +418,11 @@ mod tests {
         let (gh, gw) = (base2.grad(), w2.grad());
         let (want_gh, want_gw) = (base.grad(), w.grad());
         assert!(
-            gh.allclose(&want_gh, 1e-4, 1e-5, false),
+            gh.allclose(&want_gh, rtol, atol, false),
             "d/dhidden {gh} vs {want_gh}"
         );
         assert!(
-            gw.allclose(&want_gw, 1e-4, 1e-5, false),
+            gw.allclose(&want_gw, rtol, atol, false),
             "d/dW {gw} vs {want_gw}"
         );
     }
@@ -411,6 +436,14 @@ mod tests {
             }
         }
         check(3, 3, true, false);
+    }
+
+    #[test]
+    fn fused_gradients_follow_the_full_logits_path_under_bf16_autocast() {
+        for chunk in [3, 64] {
+            check_in(3, chunk, false, true, true);
+            check_in(1, chunk, false, false, true);
+        }
     }
 
     #[test]
