@@ -231,6 +231,7 @@ fn eval_cfg(model: &Path, data: &Path, objective: ObjectiveConfig) -> EvalConfig
         train_on_prompt: false,
         reference: None,
         seed: 0,
+        adapter: None,
     }
 }
 

@@ -32,6 +32,7 @@ fn eval(model: &Path, file: &str, objective: Objective) -> serde_json::Value {
         train_on_prompt: false,
         reference: None,
         seed: 0,
+        adapter: None,
     };
     serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap()
 }

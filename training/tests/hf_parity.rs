@@ -203,6 +203,7 @@ fn check_hf5_loss(case: &Value) {
         train_on_prompt: false,
         reference: None,
         seed: 0,
+        adapter: None,
     };
     let got = serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap();
     let want = case["loss"].as_object().expect("loss");

@@ -241,7 +241,8 @@ impl FusedTerms {
             let _guard = tch::no_grad_guard();
             let hidden = s.hidden.detach().to_kind(Kind::Float);
             let weight = s.weight.detach().to_kind(Kind::Float);
-            let mut grad_weight = weight.zeros_like();
+            // A frozen head (LoRA) needs no gradient: skip its V × H buffer and products.
+            let mut grad_weight = s.weight.requires_grad().then(|| weight.zeros_like());
             let mut parts = Vec::new();
             let mut start = 0;
             while start < n {
@@ -266,7 +267,9 @@ impl FusedTerms {
                     );
                 }
                 parts.push(d.matmul(&weight));
-                let _ = grad_weight.addmm_(&d.transpose(0, 1), &h);
+                if let Some(gw) = grad_weight.as_mut() {
+                    let _ = gw.addmm_(&d.transpose(0, 1), &h);
+                }
                 start += len;
             }
             (Tensor::cat(&parts, 0), grad_weight)
@@ -275,6 +278,9 @@ impl FusedTerms {
         (&s.hidden * grad_hidden.to_kind(s.hidden.kind()))
             .sum(Kind::Float)
             .backward();
+        let Some(grad_weight) = grad_weight else {
+            return;
+        };
         let mut head_grad = s.weight.grad();
         if head_grad.defined() {
             let _ = head_grad.g_add_(&grad_weight.to_kind(head_grad.kind()));
