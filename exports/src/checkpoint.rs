@@ -242,6 +242,12 @@ impl Checkpoint {
         )
     }
 
+    /// Write every tensor into the one safetensors file `path` (atomically), whatever its name.
+    pub fn save_file(&self, path: &Path) -> Result<()> {
+        let names: Vec<&str> = self.tensors.keys().map(String::as_str).collect();
+        self.write_file(path, &names)
+    }
+
     fn write_file(&self, path: &Path, names: &[&str]) -> Result<()> {
         let views: Vec<(&str, TensorView)> = names
             .iter()

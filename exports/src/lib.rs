@@ -14,6 +14,7 @@ pub mod fsutil;
 pub mod gguf;
 pub mod init;
 pub mod layout;
+pub mod lora;
 pub mod onnx;
 pub mod parquet_rows;
 pub mod records;

@@ -115,6 +115,10 @@ struct OnnxArgs {
     /// packed-qkv, skip-norm, gqa; or none).
     #[arg(long, value_enum, value_delimiter = ',')]
     fusions: Option<Vec<FusionArg>>,
+    /// A PEFT LoRA adapter folder (adapter_config.json + adapter_model.safetensors, as
+    /// `training fit --lora-r` writes) to merge into --model's weights first.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -236,6 +240,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 HeadArg::Reward => Head::Reward,
             };
             cfg.last_logits_only = a.last_logits_only;
+            cfg.adapter = a.adapter.clone();
             cfg.fusions = a.fusions.map(|list| exports::onnx::Fusions {
                 packed_qkv: list.contains(&FusionArg::PackedQkv),
                 skip_norm: list.contains(&FusionArg::SkipNorm),

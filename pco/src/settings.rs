@@ -131,6 +131,11 @@ pub struct Train {
     pub seed: u64,
     pub later_steps: LaterSteps,
     pub save_every: u32,
+    /// LoRA rank of the iterations' fits; 0 trains the whole model.
+    pub lora_r: u32,
+    pub lora_alpha: f64,
+    pub lora_dropout: f64,
+    pub lora_targets: Vec<String>,
 }
 
 /// The optimizer steps of iterations after the first.
@@ -323,6 +328,16 @@ impl Settings {
         }
         if !(raw.scale.is_finite() && raw.scale > 0.0) {
             return refuse(format!("scale must be positive, got {}", raw.scale));
+        }
+        if raw.train.lora_r > 0
+            && (!(0.0..1.0).contains(&raw.train.lora_dropout)
+                || !raw.train.lora_alpha.is_finite()
+                || raw.train.lora_targets.is_empty())
+        {
+            return refuse(format!(
+                "train.lora_*: with lora_r = {} lora_dropout must lie in [0, 1), lora_alpha be finite and lora_targets name a projection",
+                raw.train.lora_r
+            ));
         }
         if raw.slurm.shards == 0 {
             return refuse("slurm.shards must be at least 1".into());

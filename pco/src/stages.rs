@@ -223,7 +223,17 @@ fn judge_inputs(st: &Settings, run: &RunLayout) -> Vec<PathBuf> {
     }
 }
 
-fn export_verify(name: String, model: &Path, onnx: &Path) -> Stage {
+/// `model` is a model folder, or with `base` a LoRA adapter folder merged into `base` on export.
+fn export_verify(name: String, model: &Path, base: Option<&Path>, onnx: &Path) -> Stage {
+    let source = |mut args: Vec<String>| -> Vec<String> {
+        match base {
+            None => args.extend(["--model".into(), s(model)]),
+            Some(b) => args.extend(["--model".into(), s(b), "--adapter".into(), s(model)]),
+        }
+        args
+    };
+    let mut inputs = vec![model.to_path_buf()];
+    inputs.extend(base.map(Path::to_path_buf));
     // The probe holds full-sequence logits: verify the full-logits graph, keep the fast one.
     let verify = onnx.with_file_name(format!(
         "{}.verify",
@@ -232,20 +242,17 @@ fn export_verify(name: String, model: &Path, onnx: &Path) -> Stage {
     Stage {
         name,
         settings: "onnx --last-logits-only; verify".into(),
-        inputs: vec![model.to_path_buf()],
+        inputs,
         bins: vec![Bin::Exports, Bin::Engine],
         outputs: vec![onnx.to_path_buf()],
         work: Work::CommandsThenRemove {
             cmds: vec![
                 Cmd {
                     bin: Bin::Exports,
-                    args: vec![
-                        "onnx".into(),
-                        "--model".into(),
-                        s(model),
-                        "--out".into(),
-                        s(&verify),
-                    ],
+                    args: source(vec!["onnx".into()])
+                        .into_iter()
+                        .chain(["--out".into(), s(&verify)])
+                        .collect(),
                     stdout: None,
                 },
                 Cmd {
@@ -261,14 +268,10 @@ fn export_verify(name: String, model: &Path, onnx: &Path) -> Stage {
                 },
                 Cmd {
                     bin: Bin::Exports,
-                    args: vec![
-                        "onnx".into(),
-                        "--model".into(),
-                        s(model),
-                        "--out".into(),
-                        s(onnx),
-                        "--last-logits-only".into(),
-                    ],
+                    args: source(vec!["onnx".into()])
+                        .into_iter()
+                        .chain(["--out".into(), s(onnx), "--last-logits-only".into()])
+                        .collect(),
                     stdout: None,
                 },
             ],
@@ -443,6 +446,7 @@ pub fn plan(st: &Settings, run: &RunLayout) -> Vec<Stage> {
         out.push(export_verify(
             format!("{}-export", it.stage_prefix()),
             &it.final_model(),
+            (st.train.lora_r > 0).then_some(st.model.as_path()),
             &it.onnx(),
         ));
         out.extend(eval_stages(
@@ -483,7 +487,7 @@ fn iteration_data(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<PathBu
 
 fn train_flags(st: &Settings) -> Vec<String> {
     let t = &st.train;
-    vec![
+    let mut flags: Vec<String> = vec![
         "--batch-size".into(),
         t.batch_size.to_string(),
         "--micro-batch-size".into(),
@@ -498,7 +502,20 @@ fn train_flags(st: &Settings) -> Vec<String> {
         t.seed.to_string(),
         "--device".into(),
         st.devices.train.clone(),
-    ]
+    ];
+    if t.lora_r > 0 {
+        flags.extend([
+            "--lora-r".into(),
+            t.lora_r.to_string(),
+            "--lora-alpha".into(),
+            t.lora_alpha.to_string(),
+            "--lora-dropout".into(),
+            t.lora_dropout.to_string(),
+            "--lora-targets".into(),
+            t.lora_targets.join(","),
+        ]);
+    }
+    flags
 }
 
 fn fit_stage(st: &Settings, run: &RunLayout, it: &IterLayout) -> Stage {

@@ -12,7 +12,7 @@ use tch::{Device, Kind, Tensor};
 use crate::amp::Precision;
 use crate::data::{collate, plan, CollateConfig, Dataset, EncodeConfig, Item, MicroBatch};
 use crate::metrics_log::{metrics_line, MetricsLine, MetricsLog, Progress, StepInfo};
-use crate::model::{Model, Recompute};
+use crate::model::{LoraConfig, Model, Recompute};
 use crate::objectives::{
     lm_loss, reward_loss, seq_terms_fused, CringeInputs, FusedTerms, HeadInputs, Layout,
     Normalizers, ObjectiveConfig, StatSums, StepStats,
@@ -57,6 +57,8 @@ pub struct FitConfig {
     pub gradient_checkpointing: bool,
     pub objective: ObjectiveConfig,
     pub optim: OptimConfig,
+    /// LoRA (`[lora]`, `r > 0`): train adapters on the frozen model and save them as PEFT does.
+    pub lora: LoraConfig,
 }
 
 impl Default for FitConfig {
@@ -80,6 +82,7 @@ impl Default for FitConfig {
             gradient_checkpointing: false,
             objective: ObjectiveConfig::default(),
             optim: OptimConfig::default(),
+            lora: LoraConfig::default(),
         }
     }
 }
@@ -112,6 +115,7 @@ impl FitConfig {
             bail!("save_total_limit must be positive (leave it unset to keep every checkpoint)");
         }
         self.objective.validate()?;
+        self.lora.validate()?;
         self.optim.validate()
     }
 }
@@ -132,6 +136,9 @@ pub struct EvalConfig {
     /// Seed of the cringe draws (irrelevant with `cringe_k = 1`).
     pub seed: u64,
     pub precision: Precision,
+    /// A PEFT LoRA adapter folder applied to `model`; DPO's reference is then `model` with the
+    /// adapters off, unless `reference` names a model to load.
+    pub adapter: Option<PathBuf>,
 }
 
 /// What a finished run reports.
@@ -327,11 +334,36 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
             );
         }
     }
-    let weights_dir = resume_from
-        .as_ref()
-        .map_or(cfg.model.as_path(), |(p, _)| p.as_path());
-    let (mut vs, model) = crate::weights::load_model(weights_dir, device, head)?;
+    if let Some((dir, state)) = &resume_from {
+        check_resumable(cfg, state, dir)?;
+    }
+    let lora = cfg.lora.enabled();
+    // With LoRA a checkpoint holds only the adapters: the base is always the starting model.
+    let weights_dir = match &resume_from {
+        Some((p, _)) if !lora => p.as_path(),
+        _ => cfg.model.as_path(),
+    };
+    let (mut vs, mut model) = crate::weights::load_model(weights_dir, device, head)?;
     ensure_f32(&mut vs);
+    if lora {
+        model.add_lora(&cfg.lora, cfg.seed)?;
+        if let Some((dir, _)) = &resume_from {
+            let adapter = exports::lora::Adapter::load(dir)?;
+            model.load_adapter(&adapter)?;
+        }
+        let n: i64 = model
+            .trainable()
+            .iter()
+            .map(|(_, t)| t.numel() as i64)
+            .sum();
+        tracing::info!(
+            r = cfg.lora.r,
+            alpha = cfg.lora.alpha,
+            trainable = n,
+            "LoRA adapters on {}",
+            cfg.lora.targets.join(",")
+        );
+    }
     let max_length = cfg
         .max_length
         .unwrap_or_else(|| crate::data::default_max_length(model.config().max_position_embeddings));
@@ -345,8 +377,10 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
             batch_size: cfg.micro_batch_size,
             autocast,
         };
-        // Before any update the model in memory is the reference itself.
-        reference::attach(&mut ds, &rcfg, resume_from.is_none().then_some(&model))?
+        // Before any update the model in memory is the reference itself; with LoRA it is too,
+        // with its adapters off (no second copy).
+        let reuse = resume_from.is_none() || lora;
+        reference::attach(&mut ds, &rcfg, reuse.then_some(&model))?
     } else {
         Vec::new()
     };
@@ -354,16 +388,11 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
     let lengths = ds.lengths();
     let spe = plan::steps_per_epoch(ds.len(), cfg.batch_size) as u64;
     let total = cfg.max_steps.unwrap_or(cfg.epochs * spe);
-    let params: Vec<(String, Tensor)> = model
-        .parameters()
-        .iter()
-        .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
-        .collect();
-    let mut opt = AdamW::new(params);
+    // Every parameter, or with LoRA only the adapters (no AdamW state for the frozen base).
+    let mut opt = AdamW::new(model.trainable());
     let config_json = serde_json::to_value(cfg)?;
     let mut start = 0;
     if let Some((dir, state)) = &resume_from {
-        check_resumable(cfg, state, dir)?;
         opt.load(&dir.join(STATE_DIR).join(OPTIMIZER_FILE), state.step)?;
         start = state.step;
         tracing::info!(step = start, checkpoint = %dir.display(), "resuming");
@@ -412,8 +441,14 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
         opt.zero_grad();
         let mut sums = StatSums::default();
         let mut tokens = 0;
-        for micro in items.chunks(cfg.micro_batch_size) {
+        model.set_training(true);
+        for (mi, micro) in items.chunks(cfg.micro_batch_size).enumerate() {
             let mb = collate(micro, &ccfg)?;
+            if lora && cfg.lora.dropout > 0.0 {
+                // Adapter dropout draws from libtorch's generator, seeded per micro-batch so a
+                // resumed run draws the same masks.
+                tch::manual_seed(dropout_seed(cfg.seed, step, mi as u64));
+            }
             tokens += mb.tokens;
             let out = runner.micro(&mb, &norms)?;
             let s = out.sums.clone();
@@ -432,6 +467,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
             out.backward();
             sums.add(&s);
         }
+        model.set_training(false);
         let grad_norm = opt.clip_grad_norm(cfg.optim.grad_clip);
         if !grad_norm.is_finite() {
             bail!(
@@ -515,6 +551,9 @@ fn check_resumable(cfg: &FitConfig, state: &TrainerState, dir: &Path) -> Result<
     if before.objective.name != cfg.objective.name {
         diffs.push("objective");
     }
+    if before.lora != cfg.lora {
+        diffs.push("lora");
+    }
     if !diffs.is_empty() {
         bail!(
             "cannot resume {}: {} differ from the checkpointed run",
@@ -538,7 +577,12 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
     let autocast = cfg.precision.autocast(device);
     let tok = Tokenizer::load(&cfg.model)
         .with_context(|| format!("loading the tokenizer of {}", cfg.model.display()))?;
-    let (_vs, model) = crate::weights::load_model(&cfg.model, device, head_of(&cfg.objective))?;
+    let (_vs, mut model) = crate::weights::load_model(&cfg.model, device, head_of(&cfg.objective))?;
+    if let Some(dir) = &cfg.adapter {
+        let adapter = exports::lora::Adapter::load(dir)?;
+        model.add_lora(&LoraConfig::from_adapter(&adapter.config), 0)?;
+        model.load_adapter(&adapter)?;
+    }
     let max_length = cfg
         .max_length
         .unwrap_or_else(|| crate::data::default_max_length(model.config().max_position_embeddings));
@@ -553,7 +597,12 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
             batch_size: cfg.batch_size,
             autocast,
         };
-        let same = reference == cfg.model;
+        // Without an adapter, the model itself when it is the reference; with one, the same
+        // model with its adapters off unless a reference was named.
+        let same = match &cfg.adapter {
+            None => reference == cfg.model,
+            Some(_) => cfg.reference.is_none(),
+        };
         reference::attach(&mut ds, &rcfg, same.then_some(&model))?;
     }
     let norms = Normalizers::from_layout(&layout_of(&ds.items));
@@ -583,6 +632,16 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
         sums.add(&runner.micro(&mb, &norms)?.sums);
     }
     Ok(sums.means(cfg.objective.name))
+}
+
+/// The libtorch seed of adapter dropout in micro-batch `micro` of step `step`.
+fn dropout_seed(seed: u64, step: u64, micro: u64) -> i64 {
+    let mut h = (seed ^ 0x4C6F_5241).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    for v in [step, micro] {
+        h = (h ^ v).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        h ^= h >> 31;
+    }
+    (h >> 1) as i64
 }
 
 /// The device a run will use, for callers that want to report it.

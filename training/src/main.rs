@@ -4,6 +4,7 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
 use training::amp::Precision;
 use training::fit::{self, EvalConfig, FitConfig};
@@ -27,6 +28,22 @@ enum Command {
     Fit(Box<FitArgs>),
     /// Loss components of an objective over whole data files, without updating the model.
     Eval(Box<EvalArgs>),
+    /// Merge a PEFT LoRA adapter (as `fit --lora-r` writes) into its base model and write a
+    /// Hugging Face folder (fp32 weights `W + scaling · B @ A`, the base's config and tokenizer).
+    Merge(MergeArgs),
+}
+
+#[derive(Args, Debug)]
+struct MergeArgs {
+    /// The adapter folder (adapter_config.json + adapter_model.safetensors).
+    #[arg(long)]
+    adapter: PathBuf,
+    /// The base model folder (default: the adapter's base_model_name_or_path).
+    #[arg(long)]
+    model: Option<PathBuf>,
+    /// The merged model folder to write (replaced).
+    #[arg(long)]
+    out: PathBuf,
 }
 
 /// The knobs of the objectives (LOSSES.md); unset flags keep the config file's or default values.
@@ -144,6 +161,24 @@ struct FitArgs {
     /// Clip the global gradient norm (0 = off).
     #[arg(long)]
     grad_clip: Option<f64>,
+    /// LoRA rank: train adapters on the frozen model (0 = full fine-tuning); saved as PEFT does.
+    #[arg(long, value_name = "R")]
+    lora_r: Option<usize>,
+    /// lora_alpha: the update is scaled by alpha / r (PEFT's default 8).
+    #[arg(long, value_name = "A")]
+    lora_alpha: Option<f64>,
+    /// Dropout on each adapter's input while training.
+    #[arg(long, value_name = "P")]
+    lora_dropout: Option<f64>,
+    /// Projections with adapters (default: q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj).
+    #[arg(long, value_delimiter = ',', value_name = "NAMES")]
+    lora_targets: Option<Vec<String>>,
+    /// How lora_A starts, as PEFT: kaiming (init_lora_weights=True) or gaussian; lora_B is zero.
+    #[arg(long, value_enum)]
+    lora_init: Option<exports::lora::LoraInit>,
+    /// rsLoRA: scale by alpha / sqrt(r).
+    #[arg(long)]
+    lora_rslora: bool,
 }
 
 impl FitArgs {
@@ -180,6 +215,22 @@ impl FitArgs {
         if self.max_length.is_some() {
             c.max_length = self.max_length;
         }
+        if let Some(v) = self.lora_r {
+            c.lora.r = v;
+        }
+        if let Some(v) = self.lora_alpha {
+            c.lora.alpha = v;
+        }
+        if let Some(v) = self.lora_dropout {
+            c.lora.dropout = v;
+        }
+        if let Some(v) = self.lora_targets {
+            c.lora.targets = v;
+        }
+        if let Some(v) = self.lora_init {
+            c.lora.init = v;
+        }
+        c.lora.rslora |= self.lora_rslora;
         c.train_on_prompt |= self.train_on_prompt;
         c.resume |= self.resume;
         c.gradient_checkpointing |= self.gradient_checkpointing;
@@ -206,9 +257,12 @@ struct EvalArgs {
     max_length: Option<usize>,
     #[arg(long)]
     train_on_prompt: bool,
-    /// DPO reference model (default: --model itself).
+    /// DPO reference model (default: --model itself; with --adapter, --model with the adapters off).
     #[arg(long)]
     reference: Option<PathBuf>,
+    /// A PEFT LoRA adapter folder applied to --model.
+    #[arg(long)]
+    adapter: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
     seed: u64,
     /// fp32 | bf16 | auto (bf16 on CUDA, fp32 on CPU).
@@ -248,6 +302,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 reference: args.reference,
                 seed: args.seed,
                 precision: args.precision,
+                adapter: args.adapter,
             };
             let stats = fit::evaluate(&cfg)?;
             let mut v = serde_json::to_value(&stats)?;
@@ -263,6 +318,17 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     println!("{k:>10}  {x}");
                 }
             }
+            Ok(())
+        }
+        Command::Merge(a) => {
+            let s = exports::lora::merge_folder(&a.adapter, a.model.as_deref(), &a.out)
+                .with_context(|| format!("merging {}", a.adapter.display()))?;
+            eprintln!(
+                "merged {} adapted modules ({} saved tensors) into {}",
+                s.modules,
+                s.replaced,
+                a.out.display()
+            );
             Ok(())
         }
     }

@@ -107,7 +107,8 @@ pub fn cache_path(data: &Path, key: &str) -> PathBuf {
 }
 
 /// Fill `reference` of every pair of `ds`, from caches where they exist, otherwise by running the
-/// reference model (`model` when given, else loaded from `cfg.model_dir`). Returns the cache files.
+/// reference model (`model` when given — with its LoRA adapters off, if it has any — else loaded
+/// from `cfg.model_dir`). Returns the cache files.
 pub fn attach(
     ds: &mut Dataset,
     cfg: &ReferenceConfig,
@@ -171,9 +172,12 @@ pub fn attach(
         let items: Vec<(usize, &Item)> = chunk.iter().map(|&i| (i, &ds.items[i])).collect();
         let mb = collate(&items, &ccfg)?;
         let p = mb.layout.pairs as i64;
-        let logp = crate::amp::autocast(cfg.device, cfg.autocast, || -> Result<tch::Tensor> {
-            let logits = model.forward(&mb.input_ids, &mb.attention_mask);
-            Ok(seq_terms(&logits, &mb.input_ids, &mb.response_mask, None)?.logp_sum)
+        // A LoRA model is its own reference with the adapters off (the base model).
+        let logp = model.without_adapters(|| {
+            crate::amp::autocast(cfg.device, cfg.autocast, || -> Result<tch::Tensor> {
+                let logits = model.forward(&mb.input_ids, &mb.attention_mask);
+                Ok(seq_terms(&logits, &mb.input_ids, &mb.response_mask, None)?.logp_sum)
+            })
         })?;
         let logp = Vec::<f64>::try_from(logp.to_kind(tch::Kind::Double).to_device(Device::Cpu))?;
         for (j, &i) in chunk.iter().enumerate() {

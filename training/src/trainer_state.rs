@@ -1,5 +1,7 @@
 //! Checkpoints of a run: `<out>/checkpoint-<step>/` during training and `<out>/final/` at the end,
-//! each a Hugging Face model folder (weights via `weights::save_model`, `probe.safetensors`) plus
+//! each a Hugging Face model folder (weights via `weights::save_model`; with LoRA a PEFT adapter
+//! folder via `weights::save_adapter` instead), `probe.safetensors` (with LoRA: the adapted model's
+//! outputs, which a merged export must reproduce), plus
 //! `trainer_state/` — `state.json` (step, data position, RNG scheme, the run's settings) and
 //! `optimizer.safetensors` (AdamW moments). Written under a temporary name and renamed.
 
@@ -55,7 +57,13 @@ fn to_exports(e: anyhow::Error) -> exports::Error {
 pub fn save(dir: &Path, parts: &CheckpointParts) -> Result<()> {
     exports::fsutil::write_dir_atomic(dir, |tmp| {
         (|| -> Result<()> {
-            crate::weights::save_model(parts.vs, parts.model, parts.tokenizer_src, tmp)?;
+            if parts.model.lora().is_some() {
+                // The base is the run's starting model, which also holds the tokenizer.
+                let base = parts.tokenizer_src;
+                crate::weights::save_adapter(parts.model, base, parts.tokenizer_src, tmp)?;
+            } else {
+                crate::weights::save_model(parts.vs, parts.model, parts.tokenizer_src, tmp)?;
+            }
             crate::probe::write_probe(parts.model, tmp)?;
             let sd = tmp.join(STATE_DIR);
             std::fs::create_dir_all(&sd).with_context(|| format!("creating {}", sd.display()))?;

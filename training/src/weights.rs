@@ -260,6 +260,34 @@ pub fn save_model(
         .save(dir, None)
         .with_context(|| format!("writing the weights to {}", dir.display()))?;
     cfg.save(dir, arch)?;
+    copy_tokenizer(tokenizer_src, dir)?;
+    if !dir.join("generation_config.json").exists() {
+        exports::init::write_generation_config(dir, &cfg)?;
+    }
+    Ok(())
+}
+
+/// Write `model`'s LoRA adapters as PEFT does into `dir`: `adapter_config.json` (with `base` as
+/// `base_model_name_or_path`) and `adapter_model.safetensors` (fp32, PEFT's names), plus the
+/// tokenizer files of `tokenizer_src` (as TRL saves them beside an adapter).
+pub fn save_adapter(
+    model: &Model,
+    base: &Path,
+    tokenizer_src: &Path,
+    dir: &Path,
+) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    model
+        .adapter_checkpoint()?
+        .save_file(&dir.join(exports::lora::ADAPTER_WEIGHTS_FILE))
+        .with_context(|| format!("writing the adapter to {}", dir.display()))?;
+    model.adapter_config(base)?.save(dir)?;
+    copy_tokenizer(tokenizer_src, dir)
+}
+
+/// Copy the tokenizer files and `generation_config.json` of `src` into `dir` (unless they are
+/// the same folder).
+fn copy_tokenizer(tokenizer_src: &Path, dir: &Path) -> anyhow::Result<()> {
     let same_folder = match (tokenizer_src.canonicalize(), dir.canonicalize()) {
         (Ok(a), Ok(b)) => a == b,
         _ => false,
@@ -279,9 +307,6 @@ pub fn save_model(
                 exports::fsutil::write_atomic(&dir.join(name), &bytes)?;
             }
         }
-    }
-    if !dir.join("generation_config.json").exists() {
-        exports::init::write_generation_config(dir, &cfg)?;
     }
     Ok(())
 }

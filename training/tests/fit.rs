@@ -232,6 +232,7 @@ fn eval_cfg(model: &Path, data: &Path, objective: ObjectiveConfig) -> EvalConfig
         reference: None,
         seed: 0,
         precision: training::amp::Precision::Auto,
+        adapter: None,
     }
 }
 

@@ -33,6 +33,7 @@ fn eval(model: &Path, file: &str, objective: Objective) -> serde_json::Value {
         reference: None,
         seed: 0,
         precision: training::amp::Precision::Auto,
+        adapter: None,
     };
     serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap()
 }

@@ -204,6 +204,7 @@ fn check_hf5_loss(case: &Value) {
         reference: None,
         seed: 0,
         precision: training::amp::Precision::Auto,
+        adapter: None,
     };
     let got = serde_json::to_value(fit::evaluate(&cfg).unwrap()).unwrap();
     let want = case["loss"].as_object().expect("loss");

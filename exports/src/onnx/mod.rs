@@ -72,6 +72,9 @@ pub struct OnnxExportConfig {
     /// Llama family: override the flavor's fusions one by one (to time each against the plain
     /// graph); `None` takes all of them for `Ort` and none for `Portable`.
     pub fusions: Option<Fusions>,
+    /// A PEFT LoRA adapter folder merged into the weights before the graph is built
+    /// (`exports::lora::merge`).
+    pub adapter: Option<PathBuf>,
 }
 
 impl OnnxExportConfig {
@@ -84,6 +87,7 @@ impl OnnxExportConfig {
             head: Head::Lm,
             last_logits_only: false,
             fusions: None,
+            adapter: None,
         }
     }
 }
@@ -115,7 +119,11 @@ const COPIED: &[&str] = &[
 /// Export `cfg.model` to `cfg.out`.
 pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
     let model = ModelConfig::load(&cfg.model)?;
-    let ckpt = Checkpoint::load(&cfg.model)?;
+    let mut ckpt = Checkpoint::load(&cfg.model)?;
+    if let Some(dir) = &cfg.adapter {
+        let adapter = crate::lora::Adapter::load(dir)?;
+        crate::lora::merge(&mut ckpt, &adapter)?;
+    }
     let flavor = cfg.flavor.unwrap_or(if model.model_type.is_llama_family() {
         Flavor::Ort
     } else {

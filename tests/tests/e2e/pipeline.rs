@@ -76,6 +76,114 @@ fn fit_export_verify_through_the_binaries() {
     assert!(err.contains("max"), "{err}");
 }
 
+/// A LoRA run through the binaries: `training fit --lora-r` writes a PEFT adapter folder,
+/// `exports onnx --adapter` merges it into the graph, which `engine verify` checks against the
+/// adapted model's probe; `training merge` writes a folder whose export passes the same probe; and
+/// a graph of the base alone fails it.
+#[test]
+fn lora_fit_export_verify_and_merge_through_the_binaries() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = tmp.path().join("base");
+    tiny_model(&base, VARIANTS[0], Head::Lm, 3);
+    let data = tmp.path().join("pairs.jsonl");
+    let mut lines = String::new();
+    for i in 0..8 {
+        lines.push_str(&format!(
+            "{{\"prompt\":\"Item {i}: the\",\"chosen\":\" cat sat on the mat.\",\"rejected\":\" the the the the\"}}\n"
+        ));
+    }
+    fs::write(&data, lines).unwrap();
+    let out = tmp.path().join("run");
+    let p = |p: &std::path::Path| p.to_str().unwrap().to_string();
+    run_ok(
+        "training",
+        &[
+            "fit",
+            "--model",
+            &p(&base),
+            "--data",
+            &p(&data),
+            "--objective",
+            "dpo",
+            "--out",
+            &p(&out),
+            "--max-steps",
+            "3",
+            "--batch-size",
+            "4",
+            "--lr",
+            "2e-2",
+            "--seed",
+            "1",
+            "--lora-r",
+            "4",
+            "--lora-alpha",
+            "8",
+            "--lora-targets",
+            "q_proj,v_proj,down_proj",
+        ],
+    );
+    let adapter = out.join("final");
+    assert!(adapter.join("adapter_config.json").is_file());
+    assert!(!adapter.join("model.safetensors").exists());
+    let probe = adapter.join("probe.safetensors");
+    let onnx = tmp.path().join("onnx");
+    run_ok(
+        "exports",
+        &[
+            "onnx",
+            "--model",
+            &p(&base),
+            "--adapter",
+            &p(&adapter),
+            "--out",
+            &p(&onnx),
+        ],
+    );
+    run_ok(
+        "engine",
+        &["verify", "--onnx", &p(&onnx), "--probe", &p(&probe)],
+    );
+    let merged = tmp.path().join("merged");
+    run_ok(
+        "training",
+        &["merge", "--adapter", &p(&adapter), "--out", &p(&merged)],
+    );
+    let onnx2 = tmp.path().join("onnx2");
+    run_ok(
+        "exports",
+        &["onnx", "--model", &p(&merged), "--out", &p(&onnx2)],
+    );
+    run_ok(
+        "engine",
+        &["verify", "--onnx", &p(&onnx2), "--probe", &p(&probe)],
+    );
+    let stale = tmp.path().join("stale");
+    run_ok(
+        "exports",
+        &["onnx", "--model", &p(&base), "--out", &p(&stale)],
+    );
+    let err = run_err(
+        "engine",
+        &["verify", "--onnx", &p(&stale), "--probe", &p(&probe)],
+    );
+    assert!(err.contains("max"), "{err}");
+    // A wrong adapter is refused before any graph is written.
+    let err = run_err(
+        "exports",
+        &[
+            "onnx",
+            "--model",
+            &p(&base),
+            "--adapter",
+            &p(&base),
+            "--out",
+            &p(&tmp.path().join("x")),
+        ],
+    );
+    assert!(err.contains("adapter_config.json"), "{err}");
+}
+
 /// The final Hugging Face folder a fit run wrote (the folder holding config.json + probe).
 fn find_model_dir(out: &std::path::Path) -> std::path::PathBuf {
     let mut stack = vec![out.to_path_buf()];

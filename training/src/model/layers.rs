@@ -5,15 +5,21 @@
 
 use tch::{Kind, Tensor};
 
-/// `nn.Linear` with Hugging Face's weight layout `[out, in]`.
+/// `nn.Linear` with Hugging Face's weight layout `[out, in]`, optionally with a LoRA adapter
+/// (PEFT's `lora.Linear`: the base output plus the adapter's, see `super::lora`).
 pub(crate) struct Linear {
     pub weight: Tensor,
     pub bias: Option<Tensor>,
+    pub lora: Option<super::lora::Lora>,
 }
 
 impl Linear {
     pub fn forward(&self, x: &Tensor) -> Tensor {
-        x.linear(&self.weight, self.bias.as_ref())
+        let y = x.linear(&self.weight, self.bias.as_ref());
+        match self.lora.as_ref().and_then(|l| l.delta(x)) {
+            Some(d) => y + d,
+            None => y,
+        }
     }
 }
 

@@ -105,6 +105,7 @@ impl Llama {
                 } else {
                     None
                 },
+                lora: None,
             })
         };
         let embed_tokens = params.take("model.embed_tokens.weight")?;
@@ -161,6 +162,28 @@ impl Llama {
             norm,
             rotary,
         })
+    }
+
+    /// Every projection with its module path (`model.layers.0.self_attn.q_proj`), in layer order,
+    /// for attaching LoRA adapters.
+    pub fn projections_mut(&mut self) -> Vec<(String, &mut Linear)> {
+        let mut out = Vec::new();
+        for (l, b) in self.layers.iter_mut().enumerate() {
+            let a = &mut b.self_attn;
+            let m = &mut b.mlp;
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut a.q_proj),
+                ("self_attn.k_proj", &mut a.k_proj),
+                ("self_attn.v_proj", &mut a.v_proj),
+                ("self_attn.o_proj", &mut a.o_proj),
+                ("mlp.gate_proj", &mut m.gate_proj),
+                ("mlp.up_proj", &mut m.up_proj),
+                ("mlp.down_proj", &mut m.down_proj),
+            ] {
+                out.push((format!("model.layers.{l}.{name}"), lin));
+            }
+        }
+        out
     }
 
     /// The input embedding matrix (the output head too when tied).

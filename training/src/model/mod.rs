@@ -18,6 +18,7 @@ mod checkpoint;
 mod gpt2;
 mod layers;
 mod llama;
+pub mod lora;
 
 pub use checkpoint::Recompute;
 
@@ -29,6 +30,7 @@ use exports::{Head, ModelConfig};
 use tch::{Kind, Tensor};
 
 use layers::{positions_from_mask, AttnMask};
+pub use lora::LoraConfig;
 
 /// The optimizer group of decayed parameters (matrices and embeddings).
 pub const DECAY_GROUP: usize = 0;
@@ -70,6 +72,16 @@ pub struct Model {
     /// `lm_head.weight` (the embedding when tied) or `score.weight`, `[V or 1, H]`.
     head_weight: Tensor,
     params: Vec<Param>,
+    /// The LoRA adapters, when [`Model::add_lora`] attached them.
+    lora: Option<Adapters>,
+}
+
+/// The adapters of a model: settings, the switch they share, and their tensors by PEFT name.
+struct Adapters {
+    config: LoraConfig,
+    switch: std::sync::Arc<lora::LoraSwitch>,
+    /// `(PEFT name, tensor)`: `lora_A` then `lora_B` of each module, in layer order.
+    tensors: Vec<(String, Tensor)>,
 }
 
 /// The group a tensor of `role` belongs to.
@@ -138,7 +150,202 @@ impl Model {
             backbone,
             head_weight,
             params,
+            lora: None,
         })
+    }
+
+    /// Attach LoRA adapters (see [`lora`]) to the projections named in `cfg.targets` and freeze
+    /// every base parameter; a reward head's `score.weight` stays trainable (PEFT's
+    /// `modules_to_save` for `SEQ_CLS`). `A` is drawn from `seed`, `B` is zero.
+    pub fn add_lora(&mut self, cfg: &LoraConfig, seed: u64) -> anyhow::Result<()> {
+        cfg.validate()?;
+        if !cfg.enabled() {
+            bail!("add_lora needs r > 0");
+        }
+        if self.lora.is_some() {
+            bail!("this model already has LoRA adapters");
+        }
+        let Backbone::Llama(m) = &mut self.backbone else {
+            bail!(
+                "LoRA is implemented for the Llama family (q/k/v/o and MLP projections); {} is not",
+                self.cfg.model_type.as_str()
+            );
+        };
+        let switch = lora::LoraSwitch::new(cfg.dropout);
+        let scaling = cfg.scaling();
+        let mut tensors = Vec::new();
+        for (index, (module, lin)) in m.projections_mut().into_iter().enumerate() {
+            let leaf = module.rsplit('.').next().unwrap_or_default();
+            if !cfg.targets.iter().any(|t| t == leaf) {
+                continue;
+            }
+            let size = lin.weight.size();
+            let (out, inp) = (size[0], size[1]);
+            let r = cfg.r as i64;
+            let opts = (Kind::Float, lin.weight.device());
+            let a = Tensor::from_slice(&lora::init_a(
+                cfg.init,
+                cfg.r,
+                inp as usize,
+                seed,
+                index as u64,
+            ))
+            .view([r, inp])
+            .to_device(opts.1)
+            .set_requires_grad(true);
+            let b = Tensor::zeros([out, r], opts).set_requires_grad(true);
+            tensors.push((exports::lora::lora_a_name(&module), a.shallow_clone()));
+            tensors.push((exports::lora::lora_b_name(&module), b.shallow_clone()));
+            lin.lora = Some(lora::Lora {
+                a,
+                b,
+                scaling,
+                switch: switch.clone(),
+            });
+        }
+        for p in &self.params {
+            let train = self.head == Head::Reward && p.name == "score.weight";
+            let _ = p.tensor.set_requires_grad(train);
+        }
+        self.lora = Some(Adapters {
+            config: cfg.clone(),
+            switch,
+            tensors,
+        });
+        Ok(())
+    }
+
+    /// The LoRA settings, when the model has adapters.
+    pub fn lora(&self) -> Option<&LoraConfig> {
+        self.lora.as_ref().map(|l| &l.config)
+    }
+
+    /// The tensors training updates, by name: every parameter (HF names), or with LoRA the
+    /// adapters (PEFT names) and a reward head's `score.weight` (`base_model.model.score.weight`).
+    pub fn trainable(&self) -> Vec<(String, Tensor)> {
+        match &self.lora {
+            None => self
+                .params
+                .iter()
+                .map(|p| (p.name.clone(), p.tensor.shallow_clone()))
+                .collect(),
+            Some(l) => {
+                let mut v: Vec<(String, Tensor)> = l
+                    .tensors
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                if self.head == Head::Reward {
+                    v.push((
+                        exports::lora::saved_name("score.weight"),
+                        self.head_weight.shallow_clone(),
+                    ));
+                }
+                v
+            }
+        }
+    }
+
+    /// Run `f` with the adapters off (the base model); a model without adapters just runs `f`.
+    pub fn without_adapters<R>(&self, f: impl FnOnce() -> R) -> R {
+        let Some(l) = &self.lora else {
+            return f();
+        };
+        struct On<'a>(&'a lora::LoraSwitch);
+        impl Drop for On<'_> {
+            fn drop(&mut self) {
+                self.0.set_enabled(true);
+            }
+        }
+        l.switch.set_enabled(false);
+        let _on = On(&l.switch);
+        f()
+    }
+
+    /// Adapter dropout acts only while this is on (`training fit` turns it on for its steps).
+    pub fn set_training(&self, on: bool) {
+        if let Some(l) = &self.lora {
+            l.switch.set_training(on);
+        }
+    }
+
+    /// The trainable tensors of an adapter model as PEFT saves them (fp32, PEFT names).
+    pub fn adapter_checkpoint(&self) -> anyhow::Result<exports::Checkpoint> {
+        if self.lora.is_none() {
+            bail!("this model has no LoRA adapters");
+        }
+        let mut ckpt = exports::Checkpoint::new();
+        for (name, t) in self.trainable() {
+            ckpt.insert(
+                name.clone(),
+                crate::weights::tensor_to_host(&t).with_context(|| format!("reading `{name}`"))?,
+            );
+        }
+        Ok(ckpt)
+    }
+
+    /// `adapter_config.json` of this model's adapters, with `base` as `base_model_name_or_path`.
+    pub fn adapter_config(
+        &self,
+        base: &std::path::Path,
+    ) -> anyhow::Result<exports::lora::AdapterConfig> {
+        let Some(l) = &self.lora else {
+            bail!("this model has no LoRA adapters");
+        };
+        Ok(exports::lora::AdapterConfig {
+            r: l.config.r,
+            lora_alpha: l.config.alpha,
+            lora_dropout: l.config.dropout,
+            target_modules: l.config.targets.clone(),
+            base_model_name_or_path: Some(base.display().to_string()),
+            task_type: match self.head {
+                Head::Lm => exports::lora::TaskType::CausalLm,
+                Head::Reward => exports::lora::TaskType::SeqCls,
+            },
+            use_rslora: l.config.rslora,
+            init: l.config.init,
+        })
+    }
+
+    /// Copy the adapter tensors of `adapter` into this model's adapters (attached with the same
+    /// settings); every tensor must be present with its shape, and nothing else.
+    pub fn load_adapter(&self, adapter: &exports::lora::Adapter) -> anyhow::Result<()> {
+        let src = adapter.dir.join(exports::lora::ADAPTER_WEIGHTS_FILE);
+        let mut given = std::collections::BTreeMap::new();
+        for m in &adapter.modules {
+            given.insert(exports::lora::lora_a_name(&m.module), &m.a);
+            given.insert(exports::lora::lora_b_name(&m.module), &m.b);
+        }
+        for (name, t) in &adapter.saved {
+            given.insert(exports::lora::saved_name(name), t);
+        }
+        let _guard = tch::no_grad_guard();
+        let mut missing = Vec::new();
+        for (name, t) in self.trainable() {
+            let Some(h) = given.remove(&name) else {
+                missing.push(name);
+                continue;
+            };
+            let want: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+            if h.shape != want {
+                bail!(
+                    "{}: `{name}` has shape {:?}, expected {want:?}",
+                    src.display(),
+                    h.shape
+                );
+            }
+            let mut dst = t.shallow_clone();
+            dst.f_copy_(&crate::weights::host_to_tensor(&name, h)?.to_device(t.device()))?;
+        }
+        if !missing.is_empty() || !given.is_empty() {
+            bail!(
+                "{}: the adapter does not match this model's adapters (missing: {}; unexpected: {})",
+                src.display(),
+                if missing.is_empty() { "none".into() } else { missing.join(", ") },
+                if given.is_empty() { "none".into() } else { given.keys().cloned().collect::<Vec<_>>().join(", ") }
+            );
+        }
+        Ok(())
     }
 
     pub fn config(&self) -> &ModelConfig {

@@ -250,7 +250,11 @@ impl FusedTerms {
             // and the two gradient products run in it too; the rest is fp32.
             let hidden = s.hidden.detach().to_kind(s.compute);
             let weight = s.weight.detach().to_kind(s.compute);
-            let mut grad_weight = Tensor::zeros(s.weight.size(), (Kind::Float, s.weight.device()));
+            // A frozen head (LoRA) needs no gradient: skip its V × H buffer and products.
+            let mut grad_weight = s
+                .weight
+                .requires_grad()
+                .then(|| Tensor::zeros(s.weight.size(), (Kind::Float, s.weight.device())));
             let mut parts = Vec::new();
             let mut start = 0;
             while start < n {
@@ -276,11 +280,15 @@ impl FusedTerms {
                 }
                 if s.compute == Kind::Float {
                     parts.push(d.matmul(&weight));
-                    let _ = grad_weight.addmm_(&d.transpose(0, 1), &h);
+                    if let Some(gw) = grad_weight.as_mut() {
+                        let _ = gw.addmm_(&d.transpose(0, 1), &h);
+                    }
                 } else {
                     let d = d.to_kind(s.compute);
                     parts.push(d.matmul(&weight));
-                    let _ = grad_weight.g_add_(&d.transpose(0, 1).mm(&h).to_kind(Kind::Float));
+                    if let Some(gw) = grad_weight.as_mut() {
+                        let _ = gw.g_add_(&d.transpose(0, 1).mm(&h).to_kind(Kind::Float));
+                    }
                 }
                 start += len;
             }
@@ -290,6 +298,9 @@ impl FusedTerms {
         (&s.hidden * grad_hidden.to_kind(s.hidden.kind()))
             .sum(Kind::Float)
             .backward();
+        let Some(grad_weight) = grad_weight else {
+            return;
+        };
         let mut head_grad = s.weight.grad();
         if head_grad.defined() {
             let _ = head_grad.g_add_(&grad_weight.to_kind(head_grad.kind()));
