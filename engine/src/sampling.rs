@@ -179,19 +179,20 @@ pub fn argmax(logits: &[f32]) -> usize {
 /// The candidate distribution after temperature, top-k, top-p and min-p, as (token, probability)
 /// sorted by decreasing probability (ties by token id). Probabilities sum to 1.
 pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize, f64)> {
-    let scaled = |l: f32| l / cfg.temperature;
-    // Top-k in one pass without copying the vocabulary: the k-th largest finite score, then
-    // every token at or above it (HF keeps every token that ties the k-th one).
-    let kth = (cfg.top_k > 0)
-        .then(|| kth_largest(logits.iter().map(|&l| scaled(l)), cfg.top_k))
-        .flatten();
-    let mut cand: Vec<(usize, f64)> = logits
-        .iter()
-        .enumerate()
-        .map(|(i, &l)| (i, scaled(l)))
-        .filter(|(_, s)| s.is_finite() && kth.is_none_or(|k| *s >= k))
-        .map(|(i, s)| (i, s as f64))
-        .collect();
+    let mut cand: Vec<(usize, f64)> = if cfg.top_k > 0 {
+        top_k_candidates(logits, cfg.top_k, cfg.temperature)
+            .into_iter()
+            .map(|(i, s)| (i, s as f64))
+            .collect()
+    } else {
+        logits
+            .iter()
+            .enumerate()
+            .map(|(i, &l)| (i, l / cfg.temperature))
+            .filter(|(_, s)| s.is_finite())
+            .map(|(i, s)| (i, s as f64))
+            .collect()
+    };
     if cand.is_empty() {
         return vec![];
     }
@@ -222,39 +223,55 @@ pub fn filtered_distribution(logits: &[f32], cfg: &SamplingConfig) -> Vec<(usize
     cand.iter().zip(probs).map(|(c, p)| (c.0, p / z)).collect()
 }
 
-/// The `k`-th largest finite value of `scores` (counting repeats), or `None` when there are at
-/// most `k` finite values (then top-k keeps them all). A min-heap of the `k` best so far: one
-/// pass, O(n log k), and no copy of the 50k-entry vocabulary per row and step.
-fn kth_largest(scores: impl Iterator<Item = f32>, k: usize) -> Option<f32> {
-    use std::cmp::Reverse;
-    use std::collections::BinaryHeap;
-    #[derive(PartialEq)]
-    struct Score(f32);
-    impl Eq for Score {}
-    impl PartialOrd for Score {
-        fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-            Some(self.cmp(other))
+/// Top-k's candidates, unsorted: every token whose finite scaled score `logit / temperature` is
+/// at least the `k`-th largest one (HF keeps every token that ties the k-th), or every finite
+/// one when there are at most `k`.
+///
+/// One pass over the vocabulary without copying it: scores are scaled 16 at a time, and a block
+/// whose largest score is below the running threshold is passed over without a branch per
+/// token. The threshold is the k-th largest of the candidates kept so far, so it never exceeds
+/// the true k-th largest, and a token dropped under it cannot be in the answer.
+pub fn top_k_candidates(logits: &[f32], k: usize, temperature: f32) -> Vec<(usize, f32)> {
+    const BLOCK: usize = 16;
+    let k = k.max(1);
+    // Prune once this many candidates gather (then the threshold rises to the k-th of them).
+    let prune_at = (4 * k).max(64);
+    let mut cand: Vec<(usize, f32)> = Vec::with_capacity(prune_at + BLOCK);
+    let mut scratch: Vec<f32> = Vec::with_capacity(prune_at + BLOCK);
+    let mut threshold = f32::NEG_INFINITY;
+    let kth = |cand: &[(usize, f32)], scratch: &mut Vec<f32>| {
+        scratch.clear();
+        scratch.extend(cand.iter().map(|c| c.1));
+        *scratch
+            .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
+            .1
+    };
+    let mut scaled = [0f32; BLOCK];
+    for (b, block) in logits.chunks(BLOCK).enumerate() {
+        let mut top = f32::NEG_INFINITY;
+        for (s, &l) in scaled.iter_mut().zip(block) {
+            *s = l / temperature;
+            top = top.max(*s);
+        }
+        // NaN never passes (`max` skips it, and `>=` is false for it).
+        if top < threshold {
+            continue;
+        }
+        for (j, &s) in scaled[..block.len()].iter().enumerate() {
+            if s.is_finite() && s >= threshold {
+                cand.push((b * BLOCK + j, s));
+            }
+        }
+        if cand.len() >= prune_at {
+            threshold = kth(&cand, &mut scratch);
+            cand.retain(|c| c.1 >= threshold);
         }
     }
-    impl Ord for Score {
-        fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-            self.0.total_cmp(&other.0)
-        }
+    if cand.len() > k {
+        threshold = kth(&cand, &mut scratch);
+        cand.retain(|c| c.1 >= threshold);
     }
-    let mut best: BinaryHeap<Reverse<Score>> = BinaryHeap::with_capacity(k + 1);
-    let mut seen = 0;
-    for s in scores.filter(|s| s.is_finite()) {
-        seen += 1;
-        if best.len() < k {
-            best.push(Reverse(Score(s)));
-        } else if best.peek().is_some_and(|Reverse(min)| s > min.0) {
-            best.pop();
-            best.push(Reverse(Score(s)));
-        }
-    }
-    (seen > k)
-        .then(|| best.peek().map(|Reverse(min)| min.0))
-        .flatten()
+    cand
 }
 
 /// Pick the next token from processed logits: argmax for greedy, else one categorical draw.
@@ -414,25 +431,37 @@ mod tests {
         assert_eq!(select(&[0.0, 1.0, 0.5], &c, &mut rng), TokenId(1));
     }
 
-    /// The heap's k-th largest equals sorting everything and indexing, with ties, infinities,
-    /// NaN and the "at most k finite values" case.
+    /// Top-k's candidates are exactly the finite scores at or above the k-th largest of a full
+    /// sort (every token when at most k are finite), with ties, infinities, NaN, blocks skipped
+    /// and prunes along the way.
     #[test]
-    fn kth_largest_matches_a_full_sort() {
+    fn top_k_candidates_match_a_full_sort() {
         let mut rng = ChaCha12Rng::seed_from_u64(7);
-        for case in 0..200 {
-            let n = 1 + case % 40;
+        for case in 0..300 {
+            let n = 1 + case % 90 + if case % 7 == 0 { 700 } else { 0 };
             let mut v: Vec<f32> = (0..n)
-                .map(|_| (rng.random_range(0..12) as f32) * 0.5 - 3.0)
+                .map(|_| (rng.random_range(0..40) as f32) * 0.5 - 3.0)
                 .collect();
             if case % 3 == 0 {
-                v.push(f32::NEG_INFINITY);
+                v[n / 2] = f32::NEG_INFINITY;
                 v.push(f32::NAN);
+                v.push(f32::INFINITY);
             }
-            let mut finite: Vec<f32> = v.iter().copied().filter(|x| x.is_finite()).collect();
+            let t = [1.0f32, 0.7, 1.3][case % 3];
+            let scaled: Vec<f32> = v.iter().map(|&l| l / t).collect();
+            let mut finite: Vec<f32> = scaled.iter().copied().filter(|x| x.is_finite()).collect();
             finite.sort_by(|a, b| b.total_cmp(a));
-            for k in 1..=n + 2 {
-                let want = (finite.len() > k).then(|| finite[k - 1]);
-                assert_eq!(kth_largest(v.iter().copied(), k), want, "{v:?}, k = {k}");
+            for k in [1, 2, 3, 5, 17, 50, n + 2] {
+                let kth = (finite.len() > k).then(|| finite[k - 1]);
+                let mut want: Vec<usize> = (0..scaled.len())
+                    .filter(|&i| scaled[i].is_finite() && kth.is_none_or(|t| scaled[i] >= t))
+                    .collect();
+                let got = top_k_candidates(&v, k, t);
+                assert!(got.iter().all(|&(i, s)| s.to_bits() == scaled[i].to_bits()));
+                let mut got: Vec<usize> = got.into_iter().map(|c| c.0).collect();
+                got.sort_unstable();
+                want.sort_unstable();
+                assert_eq!(got, want, "case {case}, k = {k}");
             }
         }
     }

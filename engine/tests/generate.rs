@@ -54,7 +54,7 @@ fn cached_greedy_decoding_equals_uncached_recomputation_in_both_flavors() {
         let out = m.dir.path().join(format!("{name}.jsonl"));
         let mut c = config(model, &prompts_path, &out);
         greedy(&mut c);
-        c.batch_size = 3;
+        c.batch_size = 3.into();
         run(&c);
         let got = read(&out);
         assert_eq!(got.len(), records.len());
@@ -103,7 +103,7 @@ fn output_bytes_do_not_depend_on_batch_size_threads_or_resume_point() {
         let out = m.dir.path().join(format!("b{batch}.jsonl"));
         let mut c = config(&m.ort, &prompts_path, &out);
         sampling(&mut c);
-        c.batch_size = batch;
+        c.batch_size = batch.into();
         c.threads = Some(threads);
         let s = run(&c);
         assert_eq!(s.prompts, 9);
@@ -136,7 +136,7 @@ fn output_bytes_do_not_depend_on_batch_size_threads_or_resume_point() {
     let mut c = config(&m.ort, &prompts_path, &cut);
     sampling(&mut c);
     c.resume = true;
-    c.batch_size = 2;
+    c.batch_size = 2.into();
     let s = run(&c);
     assert_eq!((s.prompts, s.resumed), (7, 2));
     assert_eq!(std::fs::read_to_string(&cut).unwrap(), text);
@@ -144,6 +144,57 @@ fn output_bytes_do_not_depend_on_batch_size_threads_or_resume_point() {
     c.resume = false;
     let e = engine::generate::run_with(runtime(), &c).unwrap_err();
     assert!(e.to_string().contains("--resume"), "{e}");
+}
+
+/// `--batch-size auto` (the default) takes one slot per sequence up to the cap when memory is
+/// plentiful, and exactly what `--memory-budget` holds when it is not: the slot count computed
+/// here by hand from the model's config and the longest prompt. The bytes equal a fixed batch size.
+#[test]
+fn auto_batch_size_follows_the_memory_budget_and_gives_the_fixed_bytes() {
+    let m = models(12);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    let records = prompts(9);
+    write_prompts(&prompts_path, &records);
+    let run_with = |name: &str, batch: engine::generate::BatchSize, budget: Option<usize>| {
+        let out = m.dir.path().join(format!("{name}.jsonl"));
+        let mut c = config(&m.ort, &prompts_path, &out);
+        sampling(&mut c);
+        c.batch_size = batch;
+        c.memory_budget = budget;
+        let s = run(&c);
+        (s, std::fs::read(&out).unwrap())
+    };
+    let (fixed, want) = run_with("fixed", 4.into(), None);
+    assert_eq!((fixed.batch_size, fixed.batch_auto), (4, false));
+    // 9 prompts × n 3 = 27 sequences, under the CPU cap of 64: one slot each.
+    let (auto, bytes) = run_with("auto", engine::generate::BatchSize::Auto, None);
+    assert_eq!((auto.batch_size, auto.batch_auto), (27, true));
+    assert!(auto.to_string().contains("batch size 27 (auto)"), "{auto}");
+    assert_eq!(bytes, want, "auto batch size changed the output");
+    // Per slot: 2 (K, V) × layers × kv heads × head_dim × 4 B × (longest prompt + 16 new tokens).
+    let mc = exports::ModelConfig::load(&m.hf).unwrap();
+    let tok = exports::Tokenizer::load(&m.ort).unwrap();
+    let longest = records
+        .iter()
+        .map(|r| tok.prompt_ids(&r.to_prompt()).unwrap().len())
+        .max()
+        .unwrap();
+    let per_slot =
+        2 * mc.num_hidden_layers * mc.num_key_value_heads * mc.head_dim * 4 * (longest + 16);
+    let (tight, bytes) = run_with(
+        "tight",
+        engine::generate::BatchSize::Auto,
+        Some(per_slot * 5 / 2),
+    );
+    assert_eq!(tight.batch_size, 2, "a budget of 2.5 slots holds 2");
+    assert_eq!(bytes, want, "a budget-sized batch changed the output");
+    // A budget below one slot is refused, by flag name.
+    let out = m.dir.path().join("none.jsonl");
+    let mut c = config(&m.ort, &prompts_path, &out);
+    c.batch_size = engine::generate::BatchSize::Auto;
+    c.memory_budget = Some(per_slot / 2);
+    let e = engine::generate::run_with(runtime(), &c).unwrap_err();
+    assert!(format!("{e:#}").contains("--memory-budget"), "{e:#}");
 }
 
 /// With one sample per prompt, the prompts admitted together are prefilled in one right-padded
@@ -159,7 +210,7 @@ fn batched_prefill_gives_the_same_bytes_as_one_prompt_at_a_time() {
         let mut c = config(&m.ort, &prompts_path, &out);
         sampling(&mut c);
         c.n = 1;
-        c.batch_size = batch;
+        c.batch_size = batch.into();
         assert_eq!(run(&c).prompts, 9);
         outputs.push(std::fs::read(&out).unwrap());
     }
@@ -183,7 +234,7 @@ fn shards_merged_equal_the_unsharded_run() {
         let mut c = config(&m.ort, &prompts_path, &out);
         sampling(&mut c);
         c.shard = Some(engine::generate::Shard { index: i, count: 2 });
-        c.batch_size = 2 + i;
+        c.batch_size = (2 + i).into();
         let s = run(&c);
         assert_eq!(s.prompts, if i == 0 { 4 } else { 3 });
         shards.push(out);

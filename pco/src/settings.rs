@@ -176,7 +176,48 @@ pub struct Devices {
     pub train: String,
     pub generate: String,
     pub threads: u32,
-    pub generate_batch_size: u32,
+    pub generate_batch_size: GenerateBatchSize,
+}
+
+/// `devices.generate_batch_size`: `"auto"` (cache slots sized by memory, `engine generate
+/// --batch-size auto`) or a number of slots.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GenerateBatchSize {
+    Auto,
+    Fixed(u32),
+}
+
+impl std::fmt::Display for GenerateBatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            GenerateBatchSize::Auto => write!(f, "auto"),
+            GenerateBatchSize::Fixed(n) => write!(f, "{n}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for GenerateBatchSize {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Number(i64),
+            Text(String),
+        }
+        use serde::de::Error;
+        match Raw::deserialize(d)? {
+            Raw::Text(t) if t == "auto" => Ok(GenerateBatchSize::Auto),
+            Raw::Number(n) if n >= 1 && n <= u32::MAX as i64 => {
+                Ok(GenerateBatchSize::Fixed(n as u32))
+            }
+            Raw::Number(n) => Err(D::Error::custom(format!(
+                "generate_batch_size = {n}: expected \"auto\" or a number ≥ 1"
+            ))),
+            Raw::Text(t) => Err(D::Error::custom(format!(
+                "generate_batch_size = {t:?}: expected \"auto\" or a number ≥ 1"
+            ))),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -512,6 +553,23 @@ mod tests {
             ]
         );
         assert_eq!(s.sample.min_new_tokens, 8);
+        assert_eq!(s.devices.generate_batch_size, GenerateBatchSize::Auto);
+    }
+
+    #[test]
+    fn generate_batch_size_is_auto_or_a_positive_number() {
+        let (s, _) = load_text("", &["devices.generate_batch_size=24"]).unwrap();
+        assert_eq!(s.devices.generate_batch_size, GenerateBatchSize::Fixed(24));
+        assert_eq!(s.devices.generate_batch_size.to_string(), "24");
+        let (s, _) = load_text("[devices]\ngenerate_batch_size = \"auto\"\n", &[]).unwrap();
+        assert_eq!(s.devices.generate_batch_size.to_string(), "auto");
+        for bad in [
+            "devices.generate_batch_size=0",
+            "devices.generate_batch_size=big",
+        ] {
+            let e = format!("{:#}", load_text("", &[bad]).unwrap_err());
+            assert!(e.contains("generate_batch_size"), "{e}");
+        }
     }
 
     #[test]

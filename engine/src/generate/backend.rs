@@ -152,6 +152,11 @@ pub struct Backend {
     /// Fixed-shape decode: `[slots]` ids and `[slots, capacity]` mask that persist between
     /// steps, with each slot's current mask length.
     fixed: Option<FixedStep>,
+    /// The longest sequence any slot holds ([`BackendConfig::max_len`]): growth stops there.
+    max_len: usize,
+    /// A decode step's ids and mask, kept between steps (no allocation per step).
+    step_ids: Vec<i64>,
+    step_mask: Vec<i64>,
 }
 
 /// The persistent step inputs of fixed-shape decoding.
@@ -170,7 +175,35 @@ struct FixedStep {
 }
 
 impl Backend {
+    /// Open `cfg.model` with `cfg.slots` cache slots.
     pub fn load(rt: &Runtime, cfg: &BackendConfig) -> Result<Self> {
+        Self::load_with(rt, cfg, |_| Ok(cfg.slots))
+    }
+
+    /// KV cache bytes one cached position of one sequence takes with this graph, the concat
+    /// form's gathered past and present scratch included.
+    pub fn kv_bytes_per_token(io: &GraphIo) -> Result<u64> {
+        let Some(elem) = super::device::element_bytes(io.kv_type) else {
+            bail!(
+                "a {:?} KV cache: the engine keeps fp32, fp16 or bf16 caches",
+                io.kv_type
+            );
+        };
+        let copies = match io.form {
+            CacheForm::SharedKv => 1,
+            // The slot cache, plus a past and a present of about its size per step.
+            CacheForm::Concat => 3,
+        };
+        Ok(copies * super::budget::kv_bytes_per_token(io.layers, io.kv_heads, io.head_dim, elem))
+    }
+
+    /// Open `cfg.model` with as many cache slots as `slots` chooses once the graph is open (its
+    /// cache shape known, its weights in memory); `cfg.slots` is not used.
+    pub fn load_with(
+        rt: &Runtime,
+        cfg: &BackendConfig,
+        slots: impl FnOnce(&GraphIo) -> Result<usize>,
+    ) -> Result<Self> {
         let (session, io) = crate::session::open(rt, &cfg.model, &cfg.session)?;
         let model = cfg.model.display();
         let vocab = match (io.head, io.vocab) {
@@ -209,6 +242,10 @@ impl Backend {
                 "{model}: fixed-shape decoding (--fixed-shape, --cuda-graph) needs an `ort`-flavor export (GroupQueryAttention, shared KV buffer)"
             );
         }
+        let slots = slots(&io)?;
+        if slots == 0 {
+            bail!("{model}: a KV cache of 0 slots; --batch-size must be at least 1");
+        }
         let capacity = if fixed_shape {
             cfg.max_len
         } else {
@@ -216,7 +253,7 @@ impl Backend {
         };
         let cache_bytes = 2
             * io.layers
-            * cfg.slots
+            * slots
             * io.kv_heads
             * capacity
             * io.head_dim
@@ -227,7 +264,7 @@ impl Backend {
             if cache_bytes > limit / 2 {
                 bail!(
                     "{model}: a KV cache of {} slots × {capacity} positions takes {:.2} GiB, more than half of --cuda-mem-limit {:.2} GiB; use fewer --batch-size slots",
-                    cfg.slots,
+                    slots,
                     cache_bytes as f64 / (1u64 << 30) as f64,
                     limit as f64 / (1u64 << 30) as f64
                 );
@@ -243,7 +280,7 @@ impl Backend {
         let cache = SlotCache::new(
             &mut dm,
             io.layers,
-            cfg.slots,
+            slots,
             io.kv_heads,
             io.head_dim,
             capacity,
@@ -253,12 +290,12 @@ impl Backend {
         let fixed = if fixed_shape {
             // i64 entries are two 4-byte units.
             Some(FixedStep {
-                ids: vec![0; cfg.slots],
-                mask: vec![0; cfg.slots * capacity],
-                mask_len: vec![0; cfg.slots],
-                dev_ids: dm.zeros(2 * cfg.slots)?,
-                dev_mask: dm.zeros(2 * cfg.slots * capacity)?,
-                dev_logits: dm.zeros(cfg.slots * vocab)?,
+                ids: vec![0; slots],
+                mask: vec![0; slots * capacity],
+                mask_len: vec![0; slots],
+                dev_ids: dm.zeros(2 * slots)?,
+                dev_mask: dm.zeros(2 * slots * capacity)?,
+                dev_logits: dm.zeros(slots * vocab)?,
             })
         } else {
             None
@@ -268,7 +305,7 @@ impl Backend {
         let (past_scratch, present_scratch) = (scratch()?, scratch()?);
         Ok(Backend {
             session,
-            logits: vec![0.0; cfg.slots * vocab],
+            logits: vec![0.0; slots * vocab],
             vocab,
             prefill_logits: Vec::new(),
             past_scratch,
@@ -282,6 +319,9 @@ impl Backend {
             failed: None,
             transfers: TransferLog::default(),
             fixed,
+            max_len: cfg.max_len,
+            step_ids: Vec::new(),
+            step_mask: Vec::new(),
         })
     }
 
@@ -327,11 +367,13 @@ impl Backend {
         (self.dm.uploaded, self.dm.downloaded)
     }
 
-    /// Make room for sequences of `len` positions (grows geometrically; rarely copies).
+    /// Make room for sequences of `len` positions (grows geometrically, never past `max_len`
+    /// unless `len` is longer; rarely copies).
     pub fn ensure_capacity(&mut self, len: usize) -> Result<()> {
         if len > self.cache.capacity {
+            let to = (self.cache.capacity * 2).min(self.max_len).max(len);
             self.cache
-                .grow(&mut self.dm, len.max(self.cache.capacity * 2))
+                .grow(&mut self.dm, to)
                 .context("growing the KV cache")?;
             if let Some(f) = &mut self.fixed {
                 // A new capacity is a new mask layout: rewrite every row at the next step.
@@ -503,6 +545,19 @@ impl Backend {
         Ok(&self.prefill_logits[..b * v])
     }
 
+    /// [`Backend::decode`] with the logits left in `out` (`[rows, vocab]` first, its length at
+    /// least that): the step writes into the caller's buffer, which the backend keeps meanwhile,
+    /// so nothing is copied or allocated per step.
+    pub fn decode_into(&mut self, rows: &[Option<StepRow>], out: &mut Vec<f32>) -> Result<()> {
+        std::mem::swap(&mut self.logits, out);
+        if self.logits.len() < self.cache.slots * self.vocab {
+            self.logits.resize(self.cache.slots * self.vocab, 0.0);
+        }
+        let r = self.decode(rows).map(|_| ());
+        std::mem::swap(&mut self.logits, out);
+        r
+    }
+
     /// One decode step over slots `0..rows.len()`; `None` rows are idle (their slot's contents may
     /// be overwritten at position 0). Returns `[rows, vocab]` logits.
     pub fn decode(&mut self, rows: &[Option<StepRow>]) -> Result<&[f32]> {
@@ -515,10 +570,9 @@ impl Backend {
         let before = self.moved();
         let longest = rows.iter().flatten().map(|r| r.pos).max().unwrap_or(0);
         self.ensure_capacity(longest + 1)?;
-        let mut input_ids: Vec<i64> = rows
-            .iter()
-            .map(|r| r.map_or(0, |r| r.token.as_i64()))
-            .collect();
+        let mut input_ids = std::mem::take(&mut self.step_ids);
+        input_ids.clear();
+        input_ids.extend(rows.iter().map(|r| r.map_or(0, |r| r.token.as_i64())));
         // Step I/O the device memory moved itself (fixed shape), not to be counted twice.
         let (mut t, io) = match self.io.form {
             CacheForm::SharedKv if self.fixed.is_some() => {
@@ -528,6 +582,7 @@ impl Backend {
             CacheForm::SharedKv => (self.decode_shared(rows, &mut input_ids, longest)?, (0, 0)),
             CacheForm::Concat => (self.decode_concat(rows, &mut input_ids, longest)?, (0, 0)),
         };
+        self.step_ids = input_ids;
         let (up, down) = self.moved_since(before);
         let (up, down) = (up - io.0, down - io.1);
         t.to_device += up;
@@ -557,7 +612,9 @@ impl Backend {
         );
         let (elem, _) = self.cache_units();
         let total = longest + 1;
-        let mut mask = vec![0i64; b * total];
+        let mut mask = std::mem::take(&mut self.step_mask);
+        mask.clear();
+        mask.resize(b * total, 0);
         for (i, r) in rows.iter().enumerate() {
             let n = r.map_or(1, |r| r.pos + 1);
             mask[i * total..i * total + n].fill(1);
@@ -576,6 +633,7 @@ impl Backend {
             run(&self.session, &self.input_names, &self.output_names, &feed)
                 .context("decode step")?;
         }
+        self.step_mask = mask;
         Ok(Transfers {
             to_device: (b * 8 + b * total * 8) as u64,
             from_device: (b * v * 4) as u64,

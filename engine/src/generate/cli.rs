@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use super::config::{parse_devices, ChatTemplateMode, Device, GenerateConfig, MergeConfig, Shard};
+use super::config::{
+    parse_devices, BatchSize, ChatTemplateMode, Device, GenerateConfig, MergeConfig, Shard,
+};
 use crate::sampling::{Decoding, SamplingConfig};
 
 #[derive(Clone, Copy, Debug, ValueEnum)]
@@ -84,9 +86,16 @@ pub struct GenerateArgs {
     pub no_repeat_ngram: usize,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Cache slots per device (rows decoded together).
-    #[arg(long, default_value_t = 16)]
-    pub batch_size: usize,
+    /// Cache slots per device (rows decoded together): `auto` takes as many as the memory budget
+    /// holds for the job's longest sequence (prompt + --max-new-tokens), at most 64 on CPU and 256
+    /// on CUDA, and no more than the job's sequences; a number is taken exactly. Output is the
+    /// same for any value.
+    #[arg(long, default_value = "auto", value_name = "auto|N")]
+    pub batch_size: BatchSize,
+    /// Bytes the KV cache may take per device with --batch-size auto, e.g. `2G` (default: half of
+    /// the available RAM on CPU, half of the free GPU memory on CUDA).
+    #[arg(long, value_name = "SIZE", value_parser = crate::session::parse_bytes)]
+    pub memory_budget: Option<usize>,
     /// Intra-op threads (0 or no flag: one per physical core).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -150,6 +159,7 @@ impl GenerateArgs {
             stop: self.stop,
             seed: self.seed,
             batch_size: self.batch_size,
+            memory_budget: self.memory_budget,
             threads: self.threads,
             devices: self.device,
             cuda: crate::session::CudaOptions {

@@ -7,6 +7,7 @@ use anyhow::{bail, Result};
 
 use crate::sampling::{Decoding, SamplingConfig};
 
+pub use super::budget::BatchSize;
 pub use crate::session::Device;
 
 /// `cpu` or `cuda:0[,cuda:1…]` (one backend, with its own session and slots, per GPU).
@@ -85,8 +86,12 @@ pub struct GenerateConfig {
     pub sampling: SamplingConfig,
     pub stop: Vec<String>,
     pub seed: u64,
-    /// Cache slots per device: rows decoded together.
-    pub batch_size: usize,
+    /// Cache slots per device (rows decoded together): `Auto` sizes them by memory
+    /// ([`super::budget`]), `Fixed(n)` is exactly n.
+    pub batch_size: BatchSize,
+    /// Bytes the KV cache may take per device under `BatchSize::Auto` (default: a share of the
+    /// device's available memory).
+    pub memory_budget: Option<usize>,
     /// Intra-op threads; `None` or 0 = physical cores (`session::resolve_threads`).
     pub threads: Option<usize>,
     pub devices: Vec<Device>,
@@ -103,12 +108,14 @@ pub struct GenerateConfig {
     /// Record each prompt's wall time in `seconds` (off: 0, so runs compare byte for byte).
     pub timings: bool,
     pub ort_lib: Option<PathBuf>,
-    /// Draw a progress bar (only when stderr is a terminal).
+    /// Draw a progress bar (only when stderr is a terminal), and print the slot count
+    /// `--batch-size auto` chose (and why) on stderr.
     pub progress: bool,
 }
 
 impl GenerateConfig {
-    /// Defaults for everything but the three paths (sampling at T = 1, 256 new tokens, batch 16).
+    /// Defaults for everything but the three paths (sampling at T = 1, 256 new tokens, batch size
+    /// auto).
     pub fn new(
         model: impl Into<PathBuf>,
         prompts: impl Into<PathBuf>,
@@ -124,7 +131,8 @@ impl GenerateConfig {
             sampling: SamplingConfig::default(),
             stop: Vec::new(),
             seed: 0,
-            batch_size: 16,
+            batch_size: BatchSize::Auto,
+            memory_budget: None,
             threads: None,
             devices: vec![Device::Cpu],
             cuda: crate::session::CudaOptions::default(),
@@ -145,8 +153,11 @@ impl GenerateConfig {
         if self.n == 0 {
             bail!("--n must be at least 1");
         }
-        if self.batch_size == 0 {
+        if self.batch_size == BatchSize::Fixed(0) {
             bail!("--batch-size must be at least 1");
+        }
+        if self.memory_budget == Some(0) {
+            bail!("--memory-budget must be positive");
         }
         if self.devices.is_empty() {
             bail!("--device names no device");
@@ -158,7 +169,7 @@ impl GenerateConfig {
                     self.n
                 );
             }
-            if beams > self.batch_size {
+            if matches!(self.batch_size, BatchSize::Fixed(b) if beams > b) {
                 bail!(
                     "--beams {beams} needs --batch-size ≥ {beams} (each beam holds a cache slot)"
                 );

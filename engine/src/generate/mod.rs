@@ -6,6 +6,7 @@
 
 pub mod backend;
 pub mod beam;
+pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod device;
@@ -24,7 +25,7 @@ use anyhow::{bail, Context, Result};
 use exports::records::{GenerationRecord, JsonlAppender};
 use exports::{ModelConfig, Tokenizer};
 
-pub use config::{ChatTemplateMode, Device, GenerateConfig, MergeConfig, Shard};
+pub use config::{BatchSize, ChatTemplateMode, Device, GenerateConfig, MergeConfig, Shard};
 use pipeline::{Counters, StageCtx};
 
 use crate::runtime::Runtime;
@@ -41,7 +42,10 @@ pub struct Summary {
     pub seconds: f64,
     /// Session loading (the longest of the devices'), excluded from tokens/s.
     pub load_seconds: f64,
+    /// Cache slots per device (the largest of the devices' when `--batch-size auto` chose).
     pub batch_size: usize,
+    /// Whether `--batch-size auto` chose `batch_size`.
+    pub batch_auto: bool,
     pub threads: usize,
     pub devices: usize,
     /// The copy counter (`--verbose`).
@@ -58,13 +62,14 @@ impl fmt::Display for Summary {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "generated {} prompts, {} new tokens in {:.1}s + {:.1}s loading ({:.1} tokens/s), batch size {}, {} threads, {} device(s)",
+            "generated {} prompts, {} new tokens in {:.1}s + {:.1}s loading ({:.1} tokens/s), batch size {}{}, {} threads, {} device(s)",
             self.prompts,
             self.new_tokens,
             self.seconds - self.load_seconds,
             self.load_seconds,
             self.tokens_per_second(),
             self.batch_size,
+            if self.batch_auto { " (auto)" } else { "" },
             self.threads,
             self.devices
         )?;
@@ -152,6 +157,25 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
     } else {
         Default::default()
     };
+    // What the cache must hold: `--batch-size auto` sizes the slots by it, and the cache never
+    // grows past its length (fixed-shape decoding allocates the whole context up front).
+    let fixed_shape = cfg.fixed_shape || cfg.cuda.cuda_graph;
+    // Sequences per prompt, and the fewest slots that can run one prompt (its beams).
+    let (per_prompt, min_slots) = match cfg.sampling.decoding {
+        crate::sampling::Decoding::Beam { beams } => (beams, beams),
+        _ => (cfg.n, 1),
+    };
+    let demand = budget::Demand {
+        seq_len: if checked.longest > 0 && !fixed_shape {
+            (checked.longest + cfg.max_new_tokens.max(1)).min(context)
+        } else {
+            context
+        },
+        // The devices share the prompts (each takes the next one as a slot frees).
+        sequences: (checked.prompts.saturating_sub(done.len()).max(1) * per_prompt)
+            .div_ceil(cfg.devices.len()),
+        min_slots,
+    };
     let counters = Counters::default();
     counters.invalid.store(checked.invalid, Ordering::Relaxed);
     let ctx = StageCtx {
@@ -159,6 +183,7 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         tokenizer: &tokenizer,
         eos,
         context,
+        demand,
         counters: &counters,
     };
     let total = (checked.prompts as u64).saturating_sub(done.len() as u64);
@@ -202,7 +227,8 @@ pub fn run_with(rt: &Runtime, cfg: &GenerateConfig) -> Result<Summary> {
         new_tokens: counters.tokens.load(Ordering::Relaxed),
         seconds: started.elapsed().as_secs_f64(),
         load_seconds: counters.load_ms.load(Ordering::Relaxed) as f64 / 1e3,
-        batch_size: cfg.batch_size,
+        batch_size: counters.slots.load(Ordering::Relaxed),
+        batch_auto: cfg.batch_size == BatchSize::Auto,
         threads: cfg.threads(),
         devices: cfg.devices.len(),
         transfers: cfg

@@ -13,7 +13,8 @@ use exports::records::{for_each_parsed, GenerationRecord, JsonlAppender, Locatio
 use exports::{PromptRecord, TokenId, Tokenizer, Truncation};
 
 use super::backend::{Backend, BackendConfig};
-use super::config::{ChatTemplateMode, Device, GenerateConfig};
+use super::budget;
+use super::config::{BatchSize, ChatTemplateMode, Device, GenerateConfig};
 use super::prompts::Checked;
 use super::scheduler::{Finished, Job, Scheduler, SchedulerConfig};
 use super::stop::{response_text, Stopper};
@@ -34,6 +35,8 @@ pub struct Counters {
     pub truncated: AtomicUsize,
     pub written: AtomicUsize,
     pub tokens: AtomicU64,
+    /// Cache slots of the devices' backends (the largest).
+    pub slots: AtomicUsize,
     /// Longest session load of any device (ms), kept apart from generation time.
     pub load_ms: AtomicU64,
     /// The copy counters of the devices' backends, summed as each stage ends.
@@ -47,6 +50,8 @@ pub struct StageCtx<'a> {
     pub eos: Vec<TokenId>,
     /// Longest sequence the model takes (its position table).
     pub context: usize,
+    /// What the job asks of the cache (its longest sequence bounds the cache's growth).
+    pub demand: super::budget::Demand,
     pub counters: &'a Counters,
 }
 
@@ -173,22 +178,40 @@ pub fn run_stage(
 ) -> Result<()> {
     let cfg = ctx.cfg;
     let loading = std::time::Instant::now();
-    let backend = Backend::load(
-        rt,
-        &BackendConfig {
-            model: cfg.model.clone(),
-            session: crate::session::SessionOptions {
-                device,
-                threads: cfg.threads(),
-                cuda: cfg.cuda.clone(),
-                ..Default::default()
-            },
-            slots: cfg.batch_size,
-            max_len: ctx.context,
-            fixed_shape: cfg.fixed_shape,
-            mover: Default::default(),
+    let backend_cfg = BackendConfig {
+        model: cfg.model.clone(),
+        session: crate::session::SessionOptions {
+            device,
+            threads: cfg.threads(),
+            cuda: cfg.cuda.clone(),
+            ..Default::default()
         },
-    )?;
+        slots: 0,
+        max_len: ctx.demand.seq_len,
+        fixed_shape: cfg.fixed_shape,
+        mover: Default::default(),
+    };
+    let backend = Backend::load_with(rt, &backend_cfg, |io| match cfg.batch_size {
+        BatchSize::Fixed(n) => Ok(n),
+        BatchSize::Auto => {
+            // Measured once the weights are in memory, so what is left is what the cache can use.
+            let (budget, source) = budget::budget(device, cfg.memory_budget, cfg.cuda.mem_limit)?;
+            let plan = budget::choose(
+                Backend::kv_bytes_per_token(io)?,
+                ctx.demand,
+                budget,
+                source,
+                budget::cap(device),
+            )?;
+            if cfg.progress {
+                eprintln!("{device}: {plan}");
+            }
+            Ok(plan.slots)
+        }
+    })?;
+    ctx.counters
+        .slots
+        .fetch_max(backend.slots(), Ordering::Relaxed);
     ctx.counters
         .load_ms
         .fetch_max(loading.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -13,7 +13,7 @@ use anyhow::{bail, Result};
 use exports::records::{for_each_parsed, Location, GENERATION_KEYS};
 use exports::{PromptRecord, Tokenizer};
 
-use super::config::{ChatTemplateMode, GenerateConfig};
+use super::config::{BatchSize, ChatTemplateMode, GenerateConfig};
 
 /// What checking found.
 #[derive(Debug, Default)]
@@ -24,6 +24,9 @@ pub struct Checked {
     pub invalid: usize,
     /// Good records of this shard.
     pub prompts: usize,
+    /// Tokens of this shard's longest prompt, before truncation (measured for `--batch-size
+    /// auto` only, else 0).
+    pub longest: usize,
 }
 
 /// What is wrong with one parsed record, if anything.
@@ -91,6 +94,13 @@ pub fn check(cfg: &GenerateConfig, tokenizer: &Tokenizer) -> Result<Checked> {
             let i = st.index;
             st.index += 1;
             st.checked.prompts += usize::from(in_shard(i));
+            if in_shard(i) && cfg.batch_size == BatchSize::Auto {
+                // A prompt that does not tokenize is the tokenize stage's to report.
+                let n = tokenizer
+                    .prompt_ids(&r.to_prompt())
+                    .map_or(0, |ids| ids.len());
+                st.checked.longest = st.checked.longest.max(n);
+            }
             st.first_at.insert(r.id, at);
             Ok(())
         },

@@ -93,6 +93,9 @@ pub struct Scheduler<'a> {
     groups: BTreeMap<usize, Group>,
     /// Generated tokens so far (for throughput).
     pub tokens: u64,
+    /// The latest decode step's logits, `[rows, vocab]` (kept between steps: no allocation or
+    /// copy per step).
+    step_logits: Vec<f32>,
 }
 
 impl<'a> Scheduler<'a> {
@@ -105,6 +108,7 @@ impl<'a> Scheduler<'a> {
             prompts: BTreeMap::new(),
             groups: BTreeMap::new(),
             tokens: 0,
+            step_logits: Vec::new(),
         }
     }
 
@@ -355,28 +359,32 @@ impl<'a> Scheduler<'a> {
             .prompts
             .get_mut(prompt)
             .expect("a sample's prompt is live");
-        let mut logits = row.to_vec();
         let cfg = &self.cfg.sampling;
-        if cfg.repetition_penalty != 1.0 || cfg.no_repeat_ngram > 0 {
-            let mut context = state.job.ids.clone();
-            context.extend_from_slice(generated);
-            process_logits(
-                &mut logits,
-                &context,
-                generated.len(),
-                cfg,
-                &self.cfg.stopper.eos,
-            );
+        // The processors change a copy of the row, and only when one of them applies (the
+        // common case, plain sampling, reads the backend's row in place).
+        let penalties = cfg.repetition_penalty != 1.0 || cfg.no_repeat_ngram > 0;
+        let processed;
+        let logits: &[f32] = if penalties || generated.len() < cfg.min_new_tokens {
+            let mut row = row.to_vec();
+            if penalties {
+                let mut context = state.job.ids.clone();
+                context.extend_from_slice(generated);
+                process_logits(
+                    &mut row,
+                    &context,
+                    generated.len(),
+                    cfg,
+                    &self.cfg.stopper.eos,
+                );
+            } else {
+                process_logits(&mut row, &[], generated.len(), cfg, &self.cfg.stopper.eos);
+            }
+            processed = row;
+            &processed
         } else {
-            process_logits(
-                &mut logits,
-                &[],
-                generated.len(),
-                cfg,
-                &self.cfg.stopper.eos,
-            );
-        }
-        let tok = select(&logits, cfg, &mut **rng);
+            row
+        };
+        let tok = select(logits, cfg, &mut **rng);
         generated.push(tok);
         self.tokens += 1;
         if let Some(finish) = self.cfg.stopper.hit(generated) {
@@ -430,7 +438,8 @@ impl<'a> Scheduler<'a> {
             })
             .collect();
         let vocab = self.backend.vocab();
-        let logits = self.backend.decode(&rows)?.to_vec();
+        let mut logits = std::mem::take(&mut self.step_logits);
+        self.backend.decode_into(&rows, &mut logits)?;
         let mut touched = Vec::new();
         for slot in 0..=hi {
             match &mut self.slots[slot] {
@@ -452,6 +461,7 @@ impl<'a> Scheduler<'a> {
                 .collect();
             self.advance_group(key, &rows, done);
         }
+        self.step_logits = logits;
         touched.sort_unstable();
         touched.dedup();
         for key in touched {

@@ -91,7 +91,7 @@ pub fn config(model: &Path, prompts: &Path, out: &Path) -> GenerateConfig {
     c.progress = false;
     c.threads = Some(2);
     c.max_new_tokens = 12;
-    c.batch_size = 4;
+    c.batch_size = 4.into();
     c
 }
 

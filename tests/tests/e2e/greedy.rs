@@ -63,7 +63,7 @@ fn engine_greedy_equals_the_tch_greedy_loop() {
     let mut cfg = GenerateConfig::new(&onnx, &prompts, &out);
     cfg.max_new_tokens = MAX_NEW;
     cfg.sampling.decoding = Decoding::Greedy;
-    cfg.batch_size = 3;
+    cfg.batch_size = 3.into();
     cfg.progress = false;
     run_with(runtime(), &cfg).unwrap();
     let got = read_jsonl::<GenerationRecord>(&out).unwrap();
