@@ -81,4 +81,3 @@ impl GgmlType {
             .and_then(|t| Self::from_id(t.0))
     }
 }
-
