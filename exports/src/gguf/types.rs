@@ -81,3 +81,4 @@ impl GgmlType {
             .and_then(|t| Self::from_id(t.0))
     }
 }
+
