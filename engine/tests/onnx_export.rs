@@ -318,8 +318,8 @@ fn half_precision_exports_stay_close_to_fp32() {
 
 /// int8 graph against its numpy/torch simulation (scripts/reference/int8_reference.py): the same
 /// integer products, so only summation order of the float parts and, rarely, an activation that
-/// lands on the other side of a rounding boundary separate them.
-const INT8_SIM_TOL: f32 = 2e-3;
+/// lands on the other side of a rounding boundary separate them (measured: 2.4e-7).
+const INT8_SIM_TOL: f32 = 1e-4;
 
 #[test]
 fn int8_export_matches_its_reference_and_stays_within_the_quantization_error_of_fp32() {

@@ -97,7 +97,7 @@ pub struct Weights<'a> {
 /// The right operand of a projection `x · W`, `W` `[k, n]`, in the export's weight format.
 pub enum LinearWeight {
     Float(Value),
-    /// int8 `[k, n]` and f32 column scales `[n]`.
+    /// int8 `[k, n]` (stored as u8 = q + 128) and f32 column scales `[n]`.
     Int8 {
         q: Value,
         scales: Value,
@@ -168,9 +168,12 @@ impl Weights<'_> {
             WeightFormat::Int8 => {
                 let t = transpose(&stacked, n, k);
                 let qc = quant::per_column_int8(&t, k, n);
-                let bytes = qc.q.iter().map(|v| *v as u8).collect();
+                // Stored as u8 with zero point 128: ONNX Runtime's u8 × s8 kernel (AVX2
+                // vpmaddubsw) saturates 16-bit pair sums and gave wrong products here; u8 × u8 is
+                // exact.
+                let bytes = qc.q.iter().map(|v| (*v as u8) ^ 0x80).collect();
                 LinearWeight::Int8 {
-                    q: g.weight(&format!("{onnx_name}.q"), Elem::I8, &[k, n], bytes),
+                    q: g.weight(&format!("{onnx_name}.q"), Elem::U8, &[k, n], bytes),
                     scales: g.weight_f32(
                         &format!("{onnx_name}.scales"),
                         Elem::F32,
@@ -277,7 +280,7 @@ pub fn linear_many(
                 let rq = rows.get_or_insert_with(|| quantize_rows(g, x));
                 let zp = g.scalar_u8(128);
                 let acc = g
-                    .op("MatMulInteger", &[&rq.q, q, &zp])
+                    .op("MatMulInteger", &[&rq.q, q, &zp, &zp])
                     .elem(Elem::I32)
                     .build();
                 let acc = g.cast(&acc, Elem::F32);

@@ -2,7 +2,9 @@
 //!
 //! Quantization is symmetric, one scale per output column, round half to even (numpy's `rint`),
 //! in f32: `s = max|w| / 127` (1 for an all-zero column), `q = clamp(rint(w / s), -127, 127)`.
-//! The graph multiplies with ONNX `MatMulInteger` on activations quantized per row
+//! The graph stores `q + 128` as u8 (zero point 128) and multiplies with ONNX `MatMulInteger`
+//! (u8 × u8: ONNX Runtime's u8 × s8 CPU kernel saturates 16-bit pair sums) on activations
+//! quantized per row
 //! ([`super::layers::quantize_rows`]), so a row's result does not depend on the other rows of its
 //! batch and generation output stays the same for any batch size.
 //!
