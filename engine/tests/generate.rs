@@ -197,6 +197,47 @@ fn auto_batch_size_follows_the_memory_budget_and_gives_the_fixed_bytes() {
     assert!(format!("{e:#}").contains("--memory-budget"), "{e:#}");
 }
 
+#[test]
+fn int8_output_bytes_do_not_depend_on_batch_size_or_threads() {
+    // int8 activations are quantized per row, so a row's logits do not depend on the rows it
+    // shares a batch with; one range per tensor (DynamicQuantizeLinear) would fail this.
+    let m = models(12);
+    let int8 = int8_export(&m);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    write_prompts(&prompts_path, &prompts(9));
+    let mut outputs = Vec::new();
+    for (batch, threads) in [(1, 1), (16, 2), (5, 1), (5, 2)] {
+        let out = m.dir.path().join(format!("int8-b{batch}-t{threads}.jsonl"));
+        let mut c = config(&int8, &prompts_path, &out);
+        sampling(&mut c);
+        c.batch_size = batch.into();
+        c.threads = Some(threads);
+        run(&c);
+        outputs.push(std::fs::read(&out).unwrap());
+    }
+    for o in &outputs[1..] {
+        assert_eq!(
+            o, &outputs[0],
+            "int8 output differs between batch sizes or threads"
+        );
+    }
+    // One sample per prompt: batched (right-padded) prefill equals one prompt at a time.
+    let mut greedy_out = Vec::new();
+    for batch in [1, 16] {
+        let out = m.dir.path().join(format!("int8-greedy-b{batch}.jsonl"));
+        let mut c = config(&int8, &prompts_path, &out);
+        greedy(&mut c);
+        c.timings = false;
+        c.batch_size = batch.into();
+        run(&c);
+        greedy_out.push(std::fs::read(&out).unwrap());
+    }
+    assert_eq!(
+        greedy_out[0], greedy_out[1],
+        "int8 batched prefill changed the output"
+    );
+}
+
 /// With one sample per prompt, the prompts admitted together are prefilled in one right-padded
 /// run (`Backend::prefill_rows`); the bytes must equal one-prompt-at-a-time prefill (batch 1).
 #[test]

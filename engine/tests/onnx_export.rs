@@ -9,7 +9,7 @@ use engine::runtime::Runtime;
 use engine::session::{DecoderSession, SessionOptions};
 use engine::verify::verify;
 use exports::init::{init, InitConfig};
-use exports::onnx::{export, Elem, Flavor, Fusions, OnnxExportConfig};
+use exports::onnx::{export, Elem, Flavor, Fusions, OnnxExportConfig, WeightFormat};
 use exports::{Checkpoint, Head, HostTensor, ModelType};
 
 /// transformers (fp32) against ONNX Runtime (fp32): summation order differs, nothing else.
@@ -312,6 +312,42 @@ fn half_precision_exports_stay_close_to_fp32() {
         assert!(
             r.max_abs_diff <= 5e-2 && r.max_abs_diff > 0.0,
             "{flavor:?}: {r:?}"
+        );
+    }
+}
+
+/// int8 graph against its numpy/torch simulation (scripts/reference/int8_reference.py): the same
+/// integer products, so only summation order of the float parts and, rarely, an activation that
+/// lands on the other side of a rounding boundary separate them (measured: 2.4e-7).
+const INT8_SIM_TOL: f32 = 1e-4;
+
+#[test]
+fn int8_export_matches_its_reference_and_stays_within_the_quantization_error_of_fp32() {
+    let rt = runtime();
+    let probe = Checkpoint::load(&fixture("llama_gqa_int8")).unwrap();
+    // max |logit(simulated int8) − logit(transformers fp32)|, computed by the reference script.
+    let gap = probe.get("fp32_gap").unwrap().to_f32().unwrap()[0];
+    assert!(
+        gap > 5.0 * INT8_SIM_TOL,
+        "the fixture's gap {gap} is too small to tell"
+    );
+    for flavor in [Flavor::Ort, Flavor::Portable] {
+        let tmp = tempfile::tempdir().unwrap();
+        init(&case("llama_gqa"), &tmp.path().join("hf")).unwrap();
+        let dir = tmp.path().join("onnx");
+        let mut cfg = OnnxExportConfig::new(tmp.path().join("hf"), &dir);
+        cfg.flavor = Some(flavor);
+        cfg.weights = WeightFormat::Int8;
+        export(&cfg).unwrap();
+        let mut s = DecoderSession::load(rt, &dir, &SessionOptions::default()).unwrap();
+        let sim = verify(&mut s, &fixture("llama_gqa_int8"), Some(INT8_SIM_TOL))
+            .unwrap_or_else(|err| panic!("{flavor:?} vs the int8 simulation: {err:#}"));
+        let fp = verify(&mut s, &fixture("llama_gqa"), Some(gap + INT8_SIM_TOL))
+            .unwrap_or_else(|err| panic!("{flavor:?} vs fp32: {err:#}"));
+        // Really quantized: it is as far from fp32 as the simulation is.
+        assert!(
+            fp.max_abs_diff > 0.5 * gap,
+            "{flavor:?}: {fp:?} (gap {gap}, simulation {sim:?})"
         );
     }
 }

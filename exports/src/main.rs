@@ -119,6 +119,17 @@ struct OnnxArgs {
     /// `training fit --lora-r` writes) to merge into --model's weights first.
     #[arg(long)]
     adapter: Option<PathBuf>,
+    /// Llama family, fp32: int8 stores the projections and the LM head as int8 (per-column
+    /// scales; int8 products on activations quantized per row, so outputs stay independent of
+    /// the batch); float keeps them in --dtype.
+    #[arg(long, value_enum, default_value = "float")]
+    weights: WeightsArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum WeightsArg {
+    Float,
+    Int8,
 }
 
 #[derive(Clone, Copy, PartialEq, ValueEnum)]
@@ -241,6 +252,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             };
             cfg.last_logits_only = a.last_logits_only;
             cfg.adapter = a.adapter.clone();
+            cfg.weights = match a.weights {
+                WeightsArg::Float => exports::onnx::WeightFormat::Float,
+                WeightsArg::Int8 => exports::onnx::WeightFormat::Int8,
+            };
             cfg.fusions = a.fusions.map(|list| exports::onnx::Fusions {
                 packed_qkv: list.contains(&FusionArg::PackedQkv),
                 skip_norm: list.contains(&FusionArg::SkipNorm),
@@ -249,11 +264,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let s = exports::onnx::export(&cfg)
                 .with_context(|| format!("exporting {}", a.model.display()))?;
             println!(
-                "wrote {} ({} flavor, {:?}, {:?}, {} nodes, {:.1} MB of weights): {}",
+                "wrote {} ({} flavor, {:?}, {:?}, {} weights, {} nodes, {:.1} MB of weights): {}",
                 s.out.display(),
                 s.flavor.as_str(),
                 s.fusions,
                 s.dtype,
+                s.weights.as_str(),
                 s.nodes,
                 s.weight_bytes as f64 / 1e6,
                 s.files.join(", ")

@@ -174,6 +174,10 @@ impl IterLayout {
     pub fn onnx(&self) -> PathBuf {
         self.dir.join("onnx")
     }
+    /// The int8 export new pairs are sampled from when `sample.weights = "int8"`.
+    pub fn onnx_int8(&self) -> PathBuf {
+        self.dir.join("onnx-int8")
+    }
     pub fn eval(&self) -> EvalLayout {
         EvalLayout {
             dir: self.dir.join("eval"),

@@ -100,6 +100,15 @@ pub struct Sample {
     pub temperature: f64,
     pub top_k: u32,
     pub min_new_tokens: u32,
+    pub weights: SampleWeights,
+}
+
+/// `sample.weights`: the graph new pairs are sampled from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SampleWeights {
+    Float,
+    Int8,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use exports::run_layout::{IterLayout, RunLayout};
 
-use crate::settings::{LaterSteps, NewPairs, Reward, Settings};
+use crate::settings::{LaterSteps, NewPairs, Reward, SampleWeights, Settings};
 
 /// A program of the workspace that a stage runs; its file's hash is part of the stage key, so a
 /// rebuilt binary reruns what it computes.
@@ -552,10 +552,39 @@ fn fit_stage(st: &Settings, run: &RunLayout, it: &IterLayout) -> Stage {
 /// Samples of iteration k's model on the unlabeled prompts, labeled into new pairs.
 fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage> {
     let sm = &st.sample;
+    let mut out = vec![];
+    let sampler = match sm.weights {
+        SampleWeights::Float => it.onnx(),
+        SampleWeights::Int8 => {
+            out.push(Stage {
+                name: format!("{}-export-int8", it.stage_prefix()),
+                settings: "onnx --last-logits-only --weights int8".into(),
+                inputs: vec![it.final_model()],
+                bins: vec![Bin::Exports],
+                outputs: vec![it.onnx_int8()],
+                work: Work::Commands(vec![Cmd {
+                    bin: Bin::Exports,
+                    args: vec![
+                        "onnx".into(),
+                        "--model".into(),
+                        s(&it.final_model()),
+                        "--out".into(),
+                        s(&it.onnx_int8()),
+                        "--last-logits-only".into(),
+                        "--weights".into(),
+                        "int8".into(),
+                    ],
+                    stdout: None,
+                }]),
+                resource: Resource::Light,
+            });
+            it.onnx_int8()
+        }
+    };
     let gen = generate_stage(
         st,
         format!("{}-generate", it.stage_prefix()),
-        &it.onnx(),
+        &sampler,
         &run.split("unlabeled"),
         vec![
             "--n".into(),
@@ -611,7 +640,8 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
         }]),
         resource: Resource::Infer,
     };
-    vec![gen, label]
+    out.extend([gen, label]);
+    out
 }
 
 /// `reward = "trained"`: a Bradley–Terry reward model on PREF (minus held-out pairs), exported, and
@@ -932,6 +962,47 @@ mod tests {
             ),
             ["pairwise-cringe-iter1-label", "pairwise-cringe-iter2-label"]
         );
+    }
+
+    #[test]
+    fn int8_sampling_exports_its_own_graph_and_nothing_else_changes() {
+        let plan = plan_of(&["sample.weights=\"int8\""]);
+        let export = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-export-int8")
+            .expect("an int8 export stage");
+        assert_eq!(
+            export.outputs,
+            [PathBuf::from("/r/pairwise-cringe/iter1/onnx-int8")]
+        );
+        let gen = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-generate")
+            .unwrap();
+        assert_eq!(
+            gen.inputs[0],
+            PathBuf::from("/r/pairwise-cringe/iter1/onnx-int8")
+        );
+        let deps: Vec<&str> = dependencies(gen, &plan)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            deps.contains(&"pairwise-cringe-iter1-export-int8"),
+            "{deps:?}"
+        );
+        // Evaluation, PREF and training read the fp32 graphs as before.
+        let float = plan_of(&[]);
+        for st in float.iter().filter(|s| !s.name.ends_with("-generate")) {
+            let same = plan.iter().find(|x| x.name == st.name).unwrap();
+            assert_eq!(
+                (&same.settings, &same.inputs),
+                (&st.settings, &st.inputs),
+                "{}",
+                st.name
+            );
+        }
+        assert_eq!(names(&plan).len(), names(&float).len() + 1);
     }
 
     #[test]

@@ -30,13 +30,16 @@ EXPORTS = [
     ("gpt2", ["--flavor", "portable"]),
     ("gpt2", ["--flavor", "portable", "--last-logits-only"]),
     ("gpt2_reward", ["--flavor", "portable", "--head", "reward"]),
+    ("llama", ["--flavor", "ort", "--last-logits-only", "--weights", "int8"]),
+    ("llama", ["--flavor", "portable", "--weights", "int8"]),
+    ("llama_reward", ["--flavor", "ort", "--head", "reward", "--weights", "int8"]),
 ]
 
 
 def main():
     root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    subprocess.run(["cargo", "build", "-q", "-p", "exports"], check=True, cwd=root)
-    exe = os.path.join(root, "target", "debug", "exports")
+    subprocess.run(["cargo", "build", "--release", "-q", "-p", "exports"], check=True, cwd=root)
+    exe = os.path.join(root, "target", "release", "exports")
     with tempfile.TemporaryDirectory() as tmp:
         for name, args in MODELS.items():
             subprocess.run([exe, "init", *args, "--out", os.path.join(tmp, name)], check=True, stdout=subprocess.DEVNULL)

@@ -51,6 +51,17 @@ pub fn models(seed: u64) -> Models {
     }
 }
 
+/// The ort graph of `m` with int8 projections and LM head (`exports onnx --weights int8`).
+pub fn int8_export(m: &Models) -> PathBuf {
+    let out = m.dir.path().join("ort-int8");
+    let mut e = OnnxExportConfig::new(&m.hf, &out);
+    e.flavor = Some(Flavor::Ort);
+    e.last_logits_only = true;
+    e.weights = exports::onnx::WeightFormat::Int8;
+    export(&e).unwrap();
+    out
+}
+
 /// Prompts of varied lengths, text and chat.
 pub fn prompts(n: usize) -> Vec<PromptRecord> {
     let texts = [

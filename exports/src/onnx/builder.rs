@@ -25,6 +25,8 @@ pub enum Elem {
     BF16,
     I64,
     I32,
+    I8,
+    U8,
     Bool,
 }
 
@@ -36,6 +38,8 @@ impl Elem {
             Elem::BF16 => data_type::BFLOAT16,
             Elem::I64 => data_type::INT64,
             Elem::I32 => data_type::INT32,
+            Elem::I8 => data_type::INT8,
+            Elem::U8 => data_type::UINT8,
             Elem::Bool => data_type::BOOL,
         }
     }
@@ -346,7 +350,7 @@ impl GraphBuilder {
             Elem::F32 | Elem::I32 => 4,
             Elem::F16 | Elem::BF16 => 2,
             Elem::I64 => 8,
-            Elem::Bool => 1,
+            Elem::Bool | Elem::I8 | Elem::U8 => 1,
         };
         assert_eq!(
             dims.iter().product::<usize>() * size,
@@ -407,6 +411,11 @@ impl GraphBuilder {
     /// A scalar int64 constant.
     pub fn int_scalar(&mut self, v: i64) -> Value {
         self.constant(Elem::I64, &[], v.to_le_bytes().to_vec())
+    }
+
+    /// A scalar uint8 constant.
+    pub fn scalar_u8(&mut self, v: u8) -> Value {
+        self.constant(Elem::U8, &[], vec![v])
     }
 
     /// A scalar float constant of type `elem`.

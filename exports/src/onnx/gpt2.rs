@@ -3,7 +3,8 @@
 //! are already `[in, out]`), tanh-approximated GELU (`gelu_new`).
 
 use super::builder::{Elem, GraphBuilder, Model, Value};
-use super::layers::{self, AttentionCtx, HeadKind, Weights};
+use super::layers::{self, AttentionCtx, HeadKind, LinearWeight, Weights};
+use super::quant::WeightFormat;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -51,7 +52,11 @@ fn layer_norm(
 
 /// Build the graph of `cfg` (GPT-2) from `ckpt`, with io and weights in `elem`.
 pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, elem: Elem, head: HeadKind) -> Result<Model> {
-    let w = Weights { ckpt, elem };
+    let w = Weights {
+        ckpt,
+        elem,
+        format: WeightFormat::Float,
+    };
     let (h, v, n, hd) = (
         cfg.hidden_size,
         cfg.vocab_size,
@@ -131,7 +136,14 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, elem: Elem, head: HeadKind) -
             w.put_linear_t(&mut g, &[(name, v)], h, "lm_head.MatMul.weight")?
         }
     };
-    layers::emit_head(&mut g, head, &hidden, &head_w, &inputs, v);
+    layers::emit_head(
+        &mut g,
+        head,
+        &hidden,
+        &LinearWeight::Float(head_w),
+        &inputs,
+        v,
+    );
     layers::present_outputs(&mut g, cfg, &keys, &values);
     g.finish(&[("", 21)], super::IR_VERSION, super::PRODUCER)
 }

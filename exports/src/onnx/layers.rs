@@ -2,6 +2,7 @@
 //! standard-op attention with a KV cache, norms, and the output heads.
 
 use super::builder::{Dim, Elem, GraphBuilder, Value};
+use super::quant::{self, WeightFormat};
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
 use crate::error::Result;
@@ -89,6 +90,18 @@ pub struct Weights<'a> {
     pub ckpt: &'a Checkpoint,
     /// The element type weights are stored as.
     pub elem: Elem,
+    /// How the projections and the LM head are stored ([`Weights::put_proj`]).
+    pub format: WeightFormat,
+}
+
+/// The right operand of a projection `x · W`, `W` `[k, n]`, in the export's weight format.
+pub enum LinearWeight {
+    Float(Value),
+    /// int8 `[k, n]` (stored as u8 = q + 128) and f32 column scales `[n]`.
+    Int8 {
+        q: Value,
+        scales: Value,
+    },
 }
 
 impl Weights<'_> {
@@ -128,6 +141,48 @@ impl Weights<'_> {
         let rows: usize = parts.iter().map(|p| p.1).sum();
         let t = transpose(&stacked, rows, cols);
         Ok(g.weight_f32(onnx_name, self.elem, &[cols, rows], &t))
+    }
+
+    /// Like [`Weights::put_linear_t`], in the export's weight format (named `{onnx_name}` for
+    /// floats; `{onnx_name}.q` and `{onnx_name}.scales` for int8).
+    pub fn put_proj(
+        &self,
+        g: &mut GraphBuilder,
+        parts: &[(&str, usize)],
+        cols: usize,
+        onnx_name: &str,
+    ) -> Result<LinearWeight> {
+        if self.format == WeightFormat::Float {
+            return Ok(LinearWeight::Float(
+                self.put_linear_t(g, parts, cols, onnx_name)?,
+            ));
+        }
+        let mut stacked = Vec::new();
+        for (name, rows) in parts {
+            stacked.extend(self.matrix(name, *rows, cols)?);
+        }
+        let n: usize = parts.iter().map(|p| p.1).sum();
+        let k = cols;
+        Ok(match self.format {
+            WeightFormat::Float => unreachable!("handled above"),
+            WeightFormat::Int8 => {
+                let t = transpose(&stacked, n, k);
+                let qc = quant::per_column_int8(&t, k, n);
+                // Stored as u8 with zero point 128: ONNX Runtime's u8 × s8 kernel (AVX2
+                // vpmaddubsw) saturates 16-bit pair sums and gave wrong products here; u8 × u8 is
+                // exact.
+                let bytes = qc.q.iter().map(|v| (*v as u8) ^ 0x80).collect();
+                LinearWeight::Int8 {
+                    q: g.weight(&format!("{onnx_name}.q"), Elem::U8, &[k, n], bytes),
+                    scales: g.weight_f32(
+                        &format!("{onnx_name}.scales"),
+                        Elem::F32,
+                        &[n],
+                        &qc.scales,
+                    ),
+                }
+            }
+        })
     }
 
     /// Concatenate bias vectors (`None` entries contribute zeros).
@@ -173,6 +228,78 @@ pub fn linear(g: &mut GraphBuilder, x: &Value, w: &Value, b: Option<&Value>) -> 
         Some(b) => g.add(&y, b),
         None => y,
     }
+}
+
+/// `x` `[.., k]` f32 quantized per row for an int8 product: `s = max|x| / 127` over the last axis
+/// (kept as `[.., 1]`), `q = clamp(rint(x / s), -127, 127) + 128` as uint8 (zero point 128, the
+/// u8 × s8 form ONNX Runtime's VNNI kernels take). Each row has its own scale, so a row's product
+/// does not depend on the other rows of the batch (`DynamicQuantizeLinear` takes one range per
+/// tensor, which would tie every row to the batch it runs in).
+pub struct RowQuantized {
+    pub q: Value,
+    pub scale: Value,
+}
+
+pub fn quantize_rows(g: &mut GraphBuilder, x: &Value) -> RowQuantized {
+    let a = g.op("Abs", &[x]).build();
+    let axes = g.ints(&[-1]);
+    let amax = g
+        .op("ReduceMax", &[&a, &axes])
+        .attr("keepdims", 1i64)
+        .build();
+    let qmax = g.scalar(127.0, Elem::F32);
+    let s = g.div(&amax, &qmax);
+    // An all-zero row: any positive scale quantizes it to zeros.
+    let tiny = g.scalar(f32::MIN_POSITIVE, Elem::F32);
+    let scale = g.op("Max", &[&s, &tiny]).build();
+    let scaled = g.div(x, &scale);
+    let r = g.op("Round", &[&scaled]).build();
+    let zero = g.scalar(128.0, Elem::F32);
+    let shifted = g.add(&r, &zero);
+    let (lo, hi) = (g.scalar(1.0, Elem::F32), g.scalar(255.0, Elem::F32));
+    let clipped = g.op("Clip", &[&shifted, &lo, &hi]).build();
+    RowQuantized {
+        q: g.cast(&clipped, Elem::U8),
+        scale,
+    }
+}
+
+/// `x · W (+ b)` for each weight, all on the same input: int8 weights share one row
+/// quantization of `x`.
+pub fn linear_many(
+    g: &mut GraphBuilder,
+    x: &Value,
+    ws: &[(&LinearWeight, Option<&Value>)],
+) -> Vec<Value> {
+    let mut rows: Option<RowQuantized> = None;
+    let mut out = Vec::with_capacity(ws.len());
+    for (w, b) in ws {
+        let y = match w {
+            LinearWeight::Float(w) => g.matmul(x, w),
+            LinearWeight::Int8 { q, scales } => {
+                let rq = rows.get_or_insert_with(|| quantize_rows(g, x));
+                let zp = g.scalar_u8(128);
+                let acc = g
+                    .op("MatMulInteger", &[&rq.q, q, &zp, &zp])
+                    .elem(Elem::I32)
+                    .build();
+                let acc = g.cast(&acc, Elem::F32);
+                let by_col = g.mul(&acc, scales);
+                let scale = rq.scale.clone();
+                g.mul(&by_col, &scale)
+            }
+        };
+        out.push(match b {
+            Some(b) => g.add(&y, b),
+            None => y,
+        });
+    }
+    out
+}
+
+/// [`linear_many`] of one weight.
+pub fn linear_w(g: &mut GraphBuilder, x: &Value, w: &LinearWeight, b: Option<&Value>) -> Value {
+    linear_many(g, x, &[(w, b)]).pop().expect("one output")
 }
 
 /// RMSNorm in the exact pattern (Pow → ReduceMean → Add → Sqrt → Div → Mul) that ONNX Runtime's
@@ -344,13 +471,13 @@ pub fn emit_head(
     g: &mut GraphBuilder,
     kind: HeadKind,
     hidden: &Value,
-    head_w: &Value,
+    head_w: &LinearWeight,
     inputs: &DecoderInputs,
     vocab: usize,
 ) {
     match kind {
         HeadKind::Lm => {
-            let logits = g.matmul(hidden, head_w);
+            let logits = linear_w(g, hidden, head_w, None);
             let logits = g.cast(&logits, Elem::F32);
             g.output(
                 &logits,
@@ -366,7 +493,7 @@ pub fn emit_head(
                 .build();
             if kind == HeadKind::LmLast {
                 let picked = g.unsqueeze(&picked, &[1]);
-                let logits = g.matmul(&picked, head_w);
+                let logits = linear_w(g, &picked, head_w, None);
                 let logits = g.cast(&logits, Elem::F32);
                 g.output(
                     &logits,
@@ -374,7 +501,7 @@ pub fn emit_head(
                     &[Dim::sym(BATCH), Dim::Fixed(1), Dim::Fixed(vocab)],
                 );
             } else {
-                let score = g.matmul(&picked, head_w);
+                let score = linear_w(g, &picked, head_w, None);
                 let score = g.reshape(&score, &[-1]);
                 let score = g.cast(&score, Elem::F32);
                 g.output(&score, "score", &[Dim::sym(BATCH)]);

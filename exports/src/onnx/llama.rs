@@ -19,7 +19,8 @@
 //! The `ort` flavor is all three.
 
 use super::builder::{Elem, GraphBuilder, Model, Value};
-use super::layers::{self, AttentionCtx, DecoderInputs, HeadKind, Weights};
+use super::layers::{self, AttentionCtx, DecoderInputs, HeadKind, LinearWeight, Weights};
+use super::quant::WeightFormat;
 use super::Flavor;
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
@@ -54,6 +55,8 @@ pub struct LlamaSpec {
     pub fusions: Fusions,
     pub elem: Elem,
     pub head: HeadKind,
+    /// Projections and LM head (the embeddings, norms, biases and a reward head stay `elem`).
+    pub weights: WeightFormat,
 }
 
 struct Ctx<'a> {
@@ -75,7 +78,7 @@ impl Ctx<'_> {
         cols: usize,
         onnx: &str,
         bias: bool,
-    ) -> Result<(Value, Option<Value>)> {
+    ) -> Result<(LinearWeight, Option<Value>)> {
         let names: Vec<String> = parts
             .iter()
             .map(|(m, _)| self.hf(l, &format!("{m}.weight")))
@@ -85,7 +88,7 @@ impl Ctx<'_> {
             .zip(parts)
             .map(|(n, (_, r))| (n.as_str(), *r))
             .collect();
-        let w = self.w.put_linear_t(
+        let w = self.w.put_proj(
             g,
             &named,
             cols,
@@ -117,12 +120,13 @@ impl Ctx<'_> {
         let (wg, _) = self.proj(g, l, &[("mlp.gate_proj", i)], h, "mlp.gate_proj", false)?;
         let (wu, _) = self.proj(g, l, &[("mlp.up_proj", i)], h, "mlp.up_proj", false)?;
         let (wd, _) = self.proj(g, l, &[("mlp.down_proj", h)], i, "mlp.down_proj", false)?;
-        let gate = g.matmul(x, &wg);
-        let up = g.matmul(x, &wu);
+        let [gate, up]: [Value; 2] = layers::linear_many(g, x, &[(&wg, None), (&wu, None)])
+            .try_into()
+            .expect("two outputs");
         let sig = g.op("Sigmoid", &[&gate]).build();
         let act = g.mul(&gate, &sig);
         let prod = g.mul(&act, &up);
-        Ok(g.matmul(&prod, &wd))
+        Ok(layers::linear_w(g, &prod, &wd, None))
     }
 
     fn o_proj(&self, g: &mut GraphBuilder, l: usize, x: &Value) -> Result<Value> {
@@ -138,7 +142,7 @@ impl Ctx<'_> {
             "attn.o_proj",
             self.cfg.o_bias,
         )?;
-        Ok(layers::linear(g, x, &w, b.as_ref()))
+        Ok(layers::linear_w(g, x, &w, b.as_ref()))
     }
 
     fn norm_weight(&self, g: &mut GraphBuilder, hf: &str, onnx: &str) -> Result<Value> {
@@ -147,22 +151,24 @@ impl Ctx<'_> {
 
     /// The output head's `[H, V]` (or `[H, 1]` for reward) MatMul weight; a tied head is duplicated,
     /// as onnxruntime-genai does, so the graph needs no Transpose.
-    fn head_weight(&self, g: &mut GraphBuilder, head: HeadKind) -> Result<Value> {
+    fn head_weight(&self, g: &mut GraphBuilder, head: HeadKind) -> Result<LinearWeight> {
         let (h, v) = (self.cfg.hidden_size, self.cfg.vocab_size);
         g.set_scope("lm_head");
         match head {
-            HeadKind::Reward => {
-                self.w
-                    .put_linear_t(g, &[("score.weight", 1)], h, "score.MatMul.weight")
-            }
+            // One output column: nothing to gain from quantizing it.
+            HeadKind::Reward => Ok(LinearWeight::Float(self.w.put_linear_t(
+                g,
+                &[("score.weight", 1)],
+                h,
+                "score.MatMul.weight",
+            )?)),
             _ => {
                 let name = if self.cfg.tie_word_embeddings {
                     "model.embed_tokens.weight"
                 } else {
                     "lm_head.weight"
                 };
-                self.w
-                    .put_linear_t(g, &[(name, v)], h, "lm_head.MatMul.weight")
+                self.w.put_proj(g, &[(name, v)], h, "lm_head.MatMul.weight")
             }
         }
     }
@@ -185,6 +191,7 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
         w: Weights {
             ckpt,
             elem: spec.elem,
+            format: spec.weights,
         },
     };
     let f = spec.fusions;
@@ -226,7 +233,7 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
         // does): each is normalised per head before the rotary.
         let qkv: Vec<Value> = if f.packed_qkv && !cfg.qk_norm {
             let (w, b) = ctx.proj(&mut g, l, &parts, h, "attn.qkv_proj", cfg.qkv_bias)?;
-            let packed = layers::linear(&mut g, &normed, &w, b.as_ref());
+            let packed = layers::linear_w(&mut g, &normed, &w, b.as_ref());
             if f.gqa {
                 vec![packed]
             } else {
@@ -237,15 +244,15 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
                 )
             }
         } else {
-            let mut out = vec![];
+            let mut ws = vec![];
             for (part, onnx) in parts
                 .iter()
                 .zip(["attn.q_proj", "attn.k_proj", "attn.v_proj"])
             {
-                let (w, b) = ctx.proj(&mut g, l, &[*part], h, onnx, cfg.qkv_bias)?;
-                out.push(layers::linear(&mut g, &normed, &w, b.as_ref()));
+                ws.push(ctx.proj(&mut g, l, &[*part], h, onnx, cfg.qkv_bias)?);
             }
-            out
+            let ws: Vec<_> = ws.iter().map(|(w, b)| (w, b.as_ref())).collect();
+            layers::linear_many(&mut g, &normed, &ws)
         };
         let qk_norms = if cfg.qk_norm {
             let mut w = vec![];

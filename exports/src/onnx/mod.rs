@@ -19,12 +19,14 @@ mod gpt2;
 mod layers;
 mod llama;
 mod proto;
+pub mod quant;
 
 use std::path::{Path, PathBuf};
 
 pub use builder::Elem;
 pub use layers::HeadKind;
 pub use llama::Fusions;
+pub use quant::WeightFormat;
 
 use crate::checkpoint::Checkpoint;
 use crate::config::ModelConfig;
@@ -75,6 +77,8 @@ pub struct OnnxExportConfig {
     /// A PEFT LoRA adapter folder merged into the weights before the graph is built
     /// (`exports::lora::merge`).
     pub adapter: Option<PathBuf>,
+    /// Llama family, f32 only: int8 projections and LM head (`--weights int8`).
+    pub weights: WeightFormat,
 }
 
 impl OnnxExportConfig {
@@ -88,6 +92,7 @@ impl OnnxExportConfig {
             last_logits_only: false,
             fusions: None,
             adapter: None,
+            weights: WeightFormat::Float,
         }
     }
 }
@@ -99,6 +104,7 @@ pub struct ExportSummary {
     pub flavor: Flavor,
     pub fusions: Fusions,
     pub dtype: Elem,
+    pub weights: WeightFormat,
     pub nodes: usize,
     pub weight_bytes: usize,
     pub files: Vec<String>,
@@ -145,6 +151,21 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         (Head::Lm, true) => HeadKind::LmLast,
         (Head::Lm, false) => HeadKind::Lm,
     };
+    if cfg.weights != WeightFormat::Float {
+        let w = cfg.weights.as_str();
+        if !model.model_type.is_llama_family() {
+            return Err(Error::Invalid(format!(
+                "--weights {w} is implemented for the Llama family only, not {}",
+                model.model_type.as_str()
+            )));
+        }
+        if cfg.dtype != Elem::F32 {
+            return Err(Error::Invalid(format!(
+                "--weights {w} needs --dtype fp32 (activations stay f32), got {:?}",
+                cfg.dtype
+            )));
+        }
+    }
     let fused = cfg.fusions.is_some_and(|f| f != Fusions::default());
     if !model.model_type.is_llama_family() && (flavor == Flavor::Ort || fused) {
         return Err(Error::Invalid(
@@ -168,6 +189,7 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
             fusions,
             elem: cfg.dtype,
             head,
+            weights: cfg.weights,
         };
         llama::build(&model, &ckpt, &spec)?
     } else {
@@ -204,6 +226,7 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         flavor,
         fusions,
         dtype: cfg.dtype,
+        weights: cfg.weights,
         nodes,
         weight_bytes,
         files,
@@ -305,6 +328,119 @@ mod tests {
         let g = m.graph.unwrap();
         assert_eq!(g.output[0].name, "score");
         assert!(g.input.iter().any(|i| i.name == "position_ids"));
+    }
+
+    /// Every initializer of an exported folder: name → (dims, bytes).
+    fn initializers(dir: &Path) -> std::collections::BTreeMap<String, (Vec<i64>, Vec<u8>)> {
+        let m = proto::ModelProto::decode(&*std::fs::read(dir.join(MODEL_FILE)).unwrap()).unwrap();
+        let data = std::fs::read(dir.join("model.onnx.data")).unwrap();
+        m.graph
+            .unwrap()
+            .initializer
+            .into_iter()
+            .map(|t| {
+                let field = |k: &str| {
+                    t.external_data
+                        .iter()
+                        .find(|e| e.key == k)
+                        .unwrap()
+                        .value
+                        .parse::<usize>()
+                        .unwrap()
+                };
+                let (o, l) = (field("offset"), field("length"));
+                (t.name.clone(), (t.dims.clone(), data[o..o + l].to_vec()))
+            })
+            .collect()
+    }
+
+    #[test]
+    fn int8_weights_equal_an_independent_numpy_quantization() {
+        // exports/tests/fixtures/int8/llama_gqa.safetensors: numpy's per-column int8 of every
+        // projection and the tied LM head of onnx_reference.py's `llama_gqa` model
+        // (scripts/reference/int8_reference.py), in the graph's [in, out] layout.
+        let want = Checkpoint::load(
+            &Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("tests/fixtures/int8/llama_gqa.safetensors"),
+        )
+        .unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let mut c = InitConfig::tiny(ModelType::Llama, 11);
+        c.hidden_size = 64;
+        init(&c, &tmp.path().join("hf")).unwrap();
+        for flavor in [Flavor::Portable, Flavor::Ort] {
+            let out = tmp.path().join(flavor.as_str());
+            let mut cfg = OnnxExportConfig::new(tmp.path().join("hf"), &out);
+            cfg.flavor = Some(flavor);
+            cfg.weights = WeightFormat::Int8;
+            export(&cfg).unwrap();
+            let got = initializers(&out);
+            let mut compared = 0;
+            for (name, t) in &want.tensors {
+                // The ort flavor packs q|k|v into one matrix: its columns are the three's.
+                let packed = name.replace("attn.q_proj", "attn.qkv_proj");
+                let bytes = if flavor == Flavor::Ort && name.contains("attn.q_proj") {
+                    let part = |p: &str| &want.get(&name.replace("q_proj", p)).unwrap().data;
+                    let (q, k, v) = (part("q_proj"), part("k_proj"), part("v_proj"));
+                    if name.ends_with(".scales") {
+                        [q.as_slice(), k, v].concat()
+                    } else {
+                        let rows = t.shape[0];
+                        let (nq, nk) = (q.len() / rows, k.len() / rows);
+                        (0..rows)
+                            .flat_map(|r| {
+                                [
+                                    &q[r * nq..(r + 1) * nq],
+                                    &k[r * nk..(r + 1) * nk],
+                                    &v[r * nk..(r + 1) * nk],
+                                ]
+                                .concat()
+                            })
+                            .collect()
+                    }
+                } else if flavor == Flavor::Ort
+                    && (name.contains("attn.k_proj") || name.contains("attn.v_proj"))
+                {
+                    continue;
+                } else {
+                    t.data.clone()
+                };
+                // The graph stores int8 q as u8 q + 128 (the u8 × u8 form of MatMulInteger).
+                let bytes: Vec<u8> = if name.ends_with(".q") {
+                    bytes.iter().map(|b| b ^ 0x80).collect()
+                } else {
+                    bytes
+                };
+                let key = if flavor == Flavor::Ort { &packed } else { name };
+                let (_, have) = got
+                    .get(key)
+                    .unwrap_or_else(|| panic!("{flavor:?}: no initializer {key}"));
+                assert!(have == &bytes, "{flavor:?}: {key} differs from numpy's");
+                compared += 1;
+            }
+            // (2 layers × (q, k, v, o, gate, up, down) + lm head) × (q, scales); the ort flavor
+            // compares k and v inside the packed qkv.
+            let expect = if flavor == Flavor::Ort { 22 } else { 30 };
+            assert_eq!(compared, expect, "{flavor:?}");
+        }
+    }
+
+    #[test]
+    fn int8_weights_are_refused_where_they_do_not_apply() {
+        let tmp = tempfile::tempdir().unwrap();
+        init(&InitConfig::tiny(ModelType::Gpt2, 1), &tmp.path().join("g")).unwrap();
+        let mut cfg = OnnxExportConfig::new(tmp.path().join("g"), tmp.path().join("o"));
+        cfg.weights = WeightFormat::Int8;
+        let e = export(&cfg).unwrap_err().to_string();
+        assert!(e.contains("Llama family only"), "{e}");
+        let mut c = InitConfig::tiny(ModelType::Llama, 1);
+        c.hidden_size = 64;
+        init(&c, &tmp.path().join("l")).unwrap();
+        let mut cfg = OnnxExportConfig::new(tmp.path().join("l"), tmp.path().join("o"));
+        cfg.weights = WeightFormat::Int8;
+        cfg.dtype = Elem::F16;
+        let e = export(&cfg).unwrap_err().to_string();
+        assert!(e.contains("--dtype fp32"), "{e}");
     }
 
     #[test]
