@@ -188,6 +188,7 @@ fn eval_cfg(
         reference: reference.map(Path::to_path_buf),
         seed: 0,
         adapter: adapter.map(Path::to_path_buf),
+        precision: training::amp::Precision::Auto,
     }
 }
 

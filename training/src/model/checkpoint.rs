@@ -23,9 +23,12 @@
 
 use tch::{Device, Kind, Tensor};
 
+/// One transformer block as a function of its index and input.
+pub(crate) type BlockFn<'a> = Box<dyn Fn(usize, &Tensor) -> Tensor + 'a>;
+
 /// What [`Recompute::backward`] needs to finish the backward pass of a checkpointed forward.
 pub struct Recompute<'a> {
-    block: Box<dyn Fn(usize, &Tensor) -> Tensor + 'a>,
+    block: BlockFn<'a>,
     /// Input of each block, detached.
     inputs: Vec<Tensor>,
     /// The embeddings' output, attached to their graph.
@@ -41,7 +44,7 @@ pub struct Recompute<'a> {
 pub(crate) fn checkpointed<'a>(
     embedded: Tensor,
     n: usize,
-    block: Box<dyn Fn(usize, &Tensor) -> Tensor + 'a>,
+    block: BlockFn<'a>,
     finish: impl FnOnce(&Tensor) -> Tensor,
 ) -> (Tensor, Recompute<'a>) {
     let device = embedded.device();
