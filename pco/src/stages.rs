@@ -416,27 +416,7 @@ pub fn plan(st: &Settings, run: &RunLayout) -> Vec<Stage> {
     match &st.reward {
         Reward::Repetition(_) => {}
         Reward::Trained => out.extend(reward_model_stages(st, run)),
-        Reward::Model(dir) => out.push(Stage {
-            name: "reward-export".into(),
-            settings: "onnx --head reward".into(),
-            inputs: vec![dir.clone()],
-            bins: vec![Bin::Exports],
-            outputs: vec![run.reward_onnx()],
-            work: Work::Commands(vec![Cmd {
-                bin: Bin::Exports,
-                args: vec![
-                    "onnx".into(),
-                    "--model".into(),
-                    s(dir),
-                    "--head".into(),
-                    "reward".into(),
-                    "--out".into(),
-                    s(&run.reward_onnx()),
-                ],
-                stdout: None,
-            }]),
-            resource: Resource::Light,
-        }),
+        Reward::Model(dir) => out.push(reward_export_stage(run, dir)),
     }
 
     // The iterations.
@@ -644,6 +624,31 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
     out
 }
 
+/// `exports onnx --head reward` of a reward model folder (given, or trained by the run).
+fn reward_export_stage(run: &RunLayout, model: &Path) -> Stage {
+    Stage {
+        name: "reward-export".into(),
+        settings: "onnx --head reward".into(),
+        inputs: vec![model.to_path_buf()],
+        bins: vec![Bin::Exports],
+        outputs: vec![run.reward_onnx()],
+        work: Work::Commands(vec![Cmd {
+            bin: Bin::Exports,
+            args: vec![
+                "onnx".into(),
+                "--model".into(),
+                s(model),
+                "--head".into(),
+                "reward".into(),
+                "--out".into(),
+                s(&run.reward_onnx()),
+            ],
+            stdout: None,
+        }]),
+        resource: Resource::Light,
+    }
+}
+
 /// `reward = "trained"`: a Bradley–Terry reward model on PREF (minus held-out pairs), exported, and
 /// its accuracy on the held-out pairs.
 fn reward_model_stages(st: &Settings, run: &RunLayout) -> Vec<Stage> {
@@ -703,27 +708,7 @@ fn reward_model_stages(st: &Settings, run: &RunLayout) -> Vec<Stage> {
         resource: Resource::Train,
     };
     let final_model = run.reward_train().join("final");
-    let export = Stage {
-        name: "reward-export".into(),
-        settings: "onnx --head reward".into(),
-        inputs: vec![final_model.clone()],
-        bins: vec![Bin::Exports],
-        outputs: vec![run.reward_onnx()],
-        work: Work::Commands(vec![Cmd {
-            bin: Bin::Exports,
-            args: vec![
-                "onnx".into(),
-                "--model".into(),
-                s(&final_model),
-                "--head".into(),
-                "reward".into(),
-                "--out".into(),
-                s(&run.reward_onnx()),
-            ],
-            stdout: None,
-        }]),
-        resource: Resource::Light,
-    };
+    let export = reward_export_stage(run, &final_model);
     let accuracy = Stage {
         name: "reward-accuracy".into(),
         settings: format!("eval --objective reward --max-length {}", r.max_length),
