@@ -11,10 +11,6 @@ use training::Model;
 
 const TOLERANCE: f64 = 1e-6;
 
-/// The tests draw their batches from libtorch's one global generator (`manual_seed`): run in
-/// parallel, one test's draws would interleave with the other's, so they take turns.
-static TORCH_RNG: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
 /// Two micro-batches of 3 rows × 7 tokens over the tiny vocabulary; the second has left and
 /// right padding.
 fn batches() -> Vec<(Tensor, Tensor)> {
@@ -111,7 +107,7 @@ fn check(ty: ModelType, head: Head, tied: bool, bf16: bool) {
 
 #[test]
 fn checkpointed_gradients_equal_the_plain_path() {
-    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::torch_rng_turn();
     for ty in [
         ModelType::Llama,
         ModelType::Qwen2,
@@ -127,7 +123,7 @@ fn checkpointed_gradients_equal_the_plain_path() {
 
 #[test]
 fn checkpointed_gradients_equal_the_plain_path_under_bf16_autocast() {
-    let _turn = TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner());
+    let _turn = common::torch_rng_turn();
     check(ModelType::Llama, Head::Lm, true, true);
     check(ModelType::Gpt2, Head::Lm, true, true);
 }

@@ -205,6 +205,8 @@ fn tensor_names(file: &Path) -> BTreeSet<String> {
 /// wrote for the same model and targets), holds adapters only, and its probe is the merged model's.
 #[test]
 fn a_lora_fit_writes_what_peft_writes() {
+    // Its dropout masks come from libtorch's global generator (see `torch_rng_turn`).
+    let _turn = common::torch_rng_turn();
     let tmp = tempfile::tempdir().unwrap();
     let model = tiny_model(&tmp.path().join("m"), 21, Head::Lm);
     let data = write_data(&tmp.path().join("d"), true);
@@ -374,6 +376,8 @@ fn dpo_with_lora_equals_dpo_with_a_separate_reference() {
 /// model with its trained adapters off; adapter dropout draws the same masks.
 #[test]
 fn a_lora_run_resumes_exactly() {
+    // Exactness needs the same dropout masks: no other test may reseed the generator meanwhile.
+    let _turn = common::torch_rng_turn();
     let tmp = tempfile::tempdir().unwrap();
     let base = tiny_model(&tmp.path().join("m"), 4, Head::Lm);
     let data = write_data(&tmp.path().join("d"), false);

@@ -3,12 +3,21 @@
 #![allow(dead_code)] // each test binary uses a different subset
 
 use std::path::Path;
+use std::sync::{Mutex, MutexGuard};
 
 use exports::init::{init, InitConfig};
 use exports::{Head, ModelType};
 use tch::{Device, Kind, Tensor};
 use training::weights::load_model;
 use training::Model;
+
+/// libtorch has one global generator (`manual_seed`), shared by every test in a binary. A test
+/// whose result depends on its draws (batches from `randint`, adapter dropout masks) holds this
+/// turn for its whole body, so a test running in parallel cannot reseed or draw in between.
+pub fn torch_rng_turn() -> MutexGuard<'static, ()> {
+    static TORCH_RNG: Mutex<()> = Mutex::new(());
+    TORCH_RNG.lock().unwrap_or_else(|e| e.into_inner())
+}
 
 pub fn model_type(arch: &str) -> ModelType {
     match arch {
