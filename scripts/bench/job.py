@@ -9,7 +9,7 @@ BENCHMARKS.md and prints it.
 
 Usage: job.py --threads K --engine BIN --ours DIR [--int8 DIR] --hf DIR --genai DIR
               --prompts FILE --raw-prompts FILE [--llama-bin DIR --gguf-f32 F --gguf-q8 F]
-              --work DIR [--skip-peers]
+              --work DIR [--skip-peers] [--skip-hf]
 """
 
 import argparse
@@ -102,6 +102,8 @@ def main():
     ap.add_argument("--gguf-f32")
     ap.add_argument("--gguf-q8")
     ap.add_argument("--skip-peers", action="store_true")
+    # transformers is the slowest peer by far (minutes on this job) and no target is set against it.
+    ap.add_argument("--skip-hf", action="store_true")
     # A smoke run (checks the benchmark end to end on a loaded machine, not a result): the first
     # LIMIT prompts, NEW tokens, and the fixed shape at NPL sequences of NTG tokens.
     ap.add_argument("--limit", type=int)
@@ -136,7 +138,8 @@ def main():
     if not a.skip_peers:
         R["genai16"] = peer(a, "genai-job", a.genai, a.prompts, 16, n, new, [a.hf])
         R["genai32"] = peer(a, "genai-job", a.genai, a.prompts, 32, n, new, [a.hf])
-        R["hf"] = peer(a, "hf-job", a.hf, a.prompts, 16, n, new)
+        if not a.skip_hf:
+            R["hf"] = peer(a, "hf-job", a.hf, a.prompts, 16, n, new)
     # The fixed shape of llama-batched-bench: 64 prompts of 64 tokens, 128 new tokens, no EOS.
     L = {}
     if a.llama_bin and a.gguf_f32:

@@ -11,14 +11,17 @@ Usage (the bash driver calls these):
       Run COMMAND and write its peak resident set size (KiB, getrusage of the child) to OUT_FILE;
       both sides are measured this way.
   train_peer.py run --model HF_DIR --pairs FILE --steps N --threads K [loss/optimizer flags]
-                    [--precision fp32|bf16] [--gradient-checkpointing]
+                    [--precision fp32|bf16] [--gradient-checkpointing] [--lora-r R --lora-alpha A]
       Train N steps on all pairs of FILE (one optimizer batch, one forward for the 2 x pairs rows)
       and print one JSON line per step and a summary line:
       {"peer", "steps", "tokens_per_step", "step_seconds": [...], "losses": [...],
        "first": {step-1 statistics}}.
       --precision bf16 runs the forward and the loss under torch.autocast("cpu", torch.bfloat16)
       (fp32 weights and optimizer, as `training fit --precision bf16`); --gradient-checkpointing
-      is transformers' model.gradient_checkpointing_enable() (torch.utils.checkpoint per layer).
+      is transformers' model.gradient_checkpointing_enable() (torch.utils.checkpoint per layer);
+      --lora-r R wraps the model with PEFT's get_peft_model (LoraConfig r R, lora_alpha A, no
+      dropout, the attention and MLP projections, as `training fit --lora-r`): only the adapters
+      train and have AdamW state.
 
 The step follows ../shared/spec/LOSSES.md (Pairwise Cringe, soft gate with gradient, sum margin,
 cringe draw from the top k with the target removed), AdamW as torch.optim.AdamW with decay on
@@ -166,6 +169,12 @@ def run(a):
     model.config.use_cache = False
     if a.gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    if a.lora_r:
+        from peft import LoraConfig, get_peft_model
+
+        targets = ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"]
+        model = get_peft_model(model, LoraConfig(r=a.lora_r, lora_alpha=a.lora_alpha, lora_dropout=0.0,
+                                                 target_modules=targets, bias="none"))
     params = [p for p in model.parameters() if p.requires_grad]
     groups = [
         {"params": [p for p in params if p.dim() >= 2], "weight_decay": a.weight_decay},
@@ -235,6 +244,8 @@ def main():
     r.add_argument("--grad-clip", type=float, default=1.0)
     r.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     r.add_argument("--gradient-checkpointing", action="store_true")
+    r.add_argument("--lora-r", type=int, default=0)
+    r.add_argument("--lora-alpha", type=float, default=8.0)
     a = ap.parse_args()
     make_pairs(a) if a.cmd == "pairs" else run(a)
 

@@ -80,6 +80,11 @@ impl SlotCache {
     }
 
     /// Re-lay every buffer with a larger capacity, keeping contents (device-to-device).
+    ///
+    /// One buffer at a time: each old buffer is freed as soon as its copy is made, so the peak is
+    /// the new cache plus one old buffer (of 2 · layers), not the old and the new cache together.
+    /// On an error the buffers are of mixed capacities and the cache must not be used again;
+    /// the error ends the generation.
     pub fn grow(&mut self, dm: &mut DeviceMemory, capacity: usize) -> Result<()> {
         assert!(
             capacity >= self.capacity,
@@ -87,20 +92,20 @@ impl SlotCache {
         );
         let (old, hd) = (self.capacity, self.head_dim);
         let n = self.units(self.slots * self.kv_heads * capacity * hd);
-        let mut next = Vec::with_capacity(self.bufs.len());
-        for buf in &self.bufs {
+        let (runs, run_len) = (self.slots * self.kv_heads, self.units(old * hd));
+        let (old_run, new_run) = (self.units(old * hd), self.units(capacity * hd));
+        for buf in self.bufs.iter_mut() {
             let fresh = dm.zeros(n)?;
-            let moves: Vec<Move> = (0..self.slots * self.kv_heads)
+            let moves: Vec<Move> = (0..runs)
                 .map(|run| Move {
-                    src: Place::Device(buf.at(self.units(run * old * hd))),
-                    dst: Place::Device(fresh.at(self.units(run * capacity * hd))),
-                    len: self.units(old * hd),
+                    src: Place::Device(buf.at(run * old_run)),
+                    dst: Place::Device(fresh.at(run * new_run)),
+                    len: run_len,
                 })
                 .collect();
             dm.run(&moves)?;
-            next.push(fresh);
+            *buf = fresh;
         }
-        self.bufs = next;
         self.capacity = capacity;
         Ok(())
     }
