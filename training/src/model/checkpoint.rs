@@ -92,8 +92,11 @@ impl Recompute<'_> {
                 return;
             }
         }
-        (&self.embedded * grad.to_kind(self.embedded.kind()))
-            .sum(Kind::Float)
-            .backward();
+        // Frozen embeddings (LoRA, or a frozen input layer) have no graph to continue into.
+        if self.embedded.requires_grad() {
+            (&self.embedded * grad.to_kind(self.embedded.kind()))
+                .sum(Kind::Float)
+                .backward();
+        }
     }
 }
