@@ -423,15 +423,7 @@ fn a_lora_run_resumes_exactly() {
     }
     let wa = Checkpoint::load(&tmp.path().join("full/final/adapter_model.safetensors")).unwrap();
     let wb = Checkpoint::load(&part.join("final/adapter_model.safetensors")).unwrap();
-    for (n, t) in &wa.tensors {
-        let (x, y) = (t.to_f32().unwrap(), wb.get(n).unwrap().to_f32().unwrap());
-        let d = x
-            .iter()
-            .zip(&y)
-            .map(|(a, b)| (a - b).abs())
-            .fold(0f32, f32::max);
-        assert!(d <= 1e-6, "{n}: {d}");
-    }
+    assert_tensors_within(&wa, &wb, 1e-6);
 }
 
 /// `exports::lora` refuses an adapter that does not fit the base, naming the tensor.
@@ -503,13 +495,18 @@ fn a_lora_fit_with_gradient_checkpointing_equals_the_plain_path() {
     let wa = Checkpoint::load(&plain.out.join("final/adapter_model.safetensors")).unwrap();
     let wb = Checkpoint::load(&ckpt.out.join("final/adapter_model.safetensors")).unwrap();
     assert_eq!(wa.tensors.len(), wb.tensors.len());
-    for (n, t) in &wa.tensors {
-        let (x, y) = (t.to_f32().unwrap(), wb.get(n).unwrap().to_f32().unwrap());
+    assert_tensors_within(&wa, &wb, 1e-6);
+}
+
+/// Every tensor of `a` is in `b` and equal to it within `tol` (max |Δ|).
+fn assert_tensors_within(a: &Checkpoint, b: &Checkpoint, tol: f32) {
+    for (n, t) in &a.tensors {
+        let (x, y) = (t.to_f32().unwrap(), b.get(n).unwrap().to_f32().unwrap());
         let d = x
             .iter()
             .zip(&y)
-            .map(|(a, b)| (a - b).abs())
+            .map(|(p, q)| (p - q).abs())
             .fold(0f32, f32::max);
-        assert!(d <= 1e-6, "{n}: {d}");
+        assert!(d <= tol, "{n}: {d}");
     }
 }
