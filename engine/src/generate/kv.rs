@@ -92,7 +92,7 @@ impl SlotCache {
         );
         let (old, hd) = (self.capacity, self.head_dim);
         let n = self.units(self.slots * self.kv_heads * capacity * hd);
-        let (runs, run_len) = (self.slots * self.kv_heads, self.units(old * hd));
+        let runs = self.slots * self.kv_heads;
         let (old_run, new_run) = (self.units(old * hd), self.units(capacity * hd));
         for buf in self.bufs.iter_mut() {
             let fresh = dm.zeros(n)?;
@@ -100,7 +100,7 @@ impl SlotCache {
                 .map(|run| Move {
                     src: Place::Device(buf.at(run * old_run)),
                     dst: Place::Device(fresh.at(run * new_run)),
-                    len: run_len,
+                    len: old_run,
                 })
                 .collect();
             dm.run(&moves)?;
