@@ -199,7 +199,7 @@ fn release_pages(g: &mut Tensor) -> bool {
     let start = g.data_ptr() as usize;
     let first = start.div_ceil(page) * page;
     let last = (start + bytes) / page * page;
-    if last <= first || (first - start) % elt != 0 {
+    if last <= first || !(first - start).is_multiple_of(elt) {
         return false;
     }
     // SAFETY: [first, last) lies inside the tensor's own contiguous bytes, which nothing but this
