@@ -165,6 +165,17 @@ struct LossRunner<'a> {
     autocast: bool,
     /// Gradient checkpointing (training only).
     checkpointing: bool,
+    /// The ids `--cringe-exclude-stop` keeps out of the cringe candidates.
+    exclude: Option<Tensor>,
+}
+
+/// The EOS set as an int64 tensor on `device` when the objective excludes it from the cringe
+/// candidates.
+fn cringe_exclude(objective: &ObjectiveConfig, tok: &Tokenizer, device: Device) -> Option<Tensor> {
+    objective.cringe_exclude_stop.then(|| {
+        let ids: Vec<i64> = tok.policy().stop.iter().map(|t| t.as_i64()).collect();
+        Tensor::from_slice(&ids).to_device(device)
+    })
 }
 
 /// A micro-batch's loss contribution, its statistics, and how to backpropagate it.
@@ -229,6 +240,7 @@ impl<'a> LossRunner<'a> {
                 uniforms: u,
                 k: self.objective.cringe_k as i64,
                 detach_positive: self.objective.cringe_detach_positive,
+                exclude: self.exclude.as_ref(),
             });
             let fused = seq_terms_fused(&HeadInputs {
                 hidden: &hidden,
@@ -405,6 +417,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
         device,
         autocast,
         checkpointing: cfg.gradient_checkpointing,
+        exclude: cringe_exclude(&cfg.objective, &tok, device),
     };
     let pad = tok.pad().as_i64();
     let progress = Progress::new(total, start);
@@ -612,6 +625,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
         device,
         autocast,
         checkpointing: false,
+        exclude: cringe_exclude(&cfg.objective, &tok, device),
     };
     let ccfg = CollateConfig {
         objective: cfg.objective.name,

@@ -74,6 +74,9 @@ struct LossArgs {
     /// No gradient into the sampled positive logit.
     #[arg(long)]
     cringe_detach_positive: bool,
+    /// Leave EOS (every id that ends a response) out of the cringe candidates.
+    #[arg(long)]
+    cringe_exclude_stop: bool,
     /// DPO beta.
     #[arg(long)]
     beta: Option<f64>,
@@ -90,6 +93,7 @@ impl LossArgs {
         set!(alpha, b, tau, cringe_k, gate, margin_reduction, beta);
         o.gate_detach |= self.gate_detach;
         o.cringe_detach_positive |= self.cringe_detach_positive;
+        o.cringe_exclude_stop |= self.cringe_exclude_stop;
     }
 }
 

@@ -93,6 +93,12 @@ pub struct ObjectiveConfig {
     pub gate_detach: bool,
     /// No gradient into the sampled positive logit `s+`.
     pub cringe_detach_positive: bool,
+    /// Leave the tokens that end a response (the tokenizer's EOS set) out of the cringe
+    /// candidates: without it, wherever EOS ranks among the top `k` alternatives to a rejected
+    /// token the loss raises EOS there, and a model trained on truncated (EOS-free) pairs learns
+    /// to stop at once (measured in README, "A default that generalizes"). A deviation from
+    /// LOSSES.md's candidate set, off unless asked for.
+    pub cringe_exclude_stop: bool,
     /// DPO's inverse temperature.
     pub beta: f64,
 }
@@ -109,6 +115,7 @@ impl Default for ObjectiveConfig {
             margin_reduction: MarginReduction::Sum,
             gate_detach: false,
             cringe_detach_positive: false,
+            cringe_exclude_stop: false,
             beta: 0.1,
         }
     }

@@ -172,6 +172,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
                         &tgt.narrow(0, 0, m),
                         &u.narrow(0, start, m),
                         c.k,
+                        c.exclude,
                     );
                     plus_parts.push(val);
                     plus_id_parts.push(id);
@@ -382,11 +383,15 @@ mod tests {
                 base.shallow_clone()
             }
         };
+        // k = 3 runs also keep id 0 out of the candidates (`--cringe-exclude-stop`): 4 of the 5
+        // ids remain, exactly the k + 1 the draw needs.
+        let excluded = Tensor::from_slice(&[0i64]);
         let cringe = CringeInputs {
             rows: 2,
             uniforms: &c.uniforms,
             k,
             detach_positive,
+            exclude: (k == 3).then_some(&excluded),
         };
 
         let want = ac(&|| {

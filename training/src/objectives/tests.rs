@@ -57,6 +57,7 @@ fn terms(inp: &Inputs, logits: &Tensor, k: i64, layout: &Layout) -> SeqTerms {
         uniforms: &uniforms,
         k,
         detach_positive: false,
+        exclude: None,
     };
     seq_terms(logits, &inp.ids, &inp.mask, Some(&c)).unwrap()
 }
@@ -278,6 +279,7 @@ fn detached_positive_gets_no_gradient() {
             uniforms: &uniforms,
             k: 1,
             detach_positive: detach,
+            exclude: None,
         };
         let t = seq_terms(&x, &ids, &mask, Some(&c)).unwrap();
         x.zero_grad();
@@ -388,4 +390,41 @@ fn split_micro_batches_sum_to_the_whole_batch() {
         .0;
     let (w, s) = (whole.double_value(&[]), (sa + sb).double_value(&[]));
     assert!((w - s).abs() < 1e-6, "{w} vs {s}");
+}
+
+// Hand computation: one negative position predicting target 1 from logits [0, 5, 4, 3, 1]
+// (vocabulary of 5; position 0 predicts token 1, the only response token). With k = 1 the positive is the best non-target token: id 2 (logit 4), so
+// cr = softplus(5 - 4). Excluding id 2 (an EOS) moves the positive to id 3: softplus(5 - 3).
+// Excluding the target itself (a rejected EOS) keeps it out of the candidates too: the positive
+// is still id 2.
+#[test]
+fn excluded_ids_are_never_the_cringe_positive() {
+    let logits = Tensor::from_slice(&[0f32, 5., 4., 3., 1., 0., 0., 0., 0., 0.]).view([1, 2, 5]);
+    let ids = Tensor::from_slice(&[0i64, 1]).view([1, 2]);
+    let mask = Tensor::from_slice(&[0i64, 1]).view([1, 2]);
+    let uniforms = Tensor::from_slice(&[0.5f32]).view([1, 1]);
+    let softplus = |x: f64| (1.0 + x.exp()).ln();
+    for (excluded, want) in [
+        (None, softplus(1.0)),
+        (Some(vec![2i64]), softplus(2.0)),
+        (Some(vec![2i64, 3]), softplus(4.0)),
+        (Some(vec![1i64]), softplus(1.0)),
+    ] {
+        let ex = excluded.as_ref().map(|v| Tensor::from_slice(v));
+        let c = CringeInputs {
+            rows: 1,
+            uniforms: &uniforms,
+            k: 1,
+            detach_positive: false,
+            exclude: ex.as_ref(),
+        };
+        let got = seq_terms(&logits, &ids, &mask, Some(&c))
+            .unwrap()
+            .cringe_sum
+            .double_value(&[0]);
+        assert!(
+            (got - want).abs() < 1e-6,
+            "excluded {excluded:?}: cringe {got}, expected {want}"
+        );
+    }
 }

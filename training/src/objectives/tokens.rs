@@ -17,6 +17,9 @@ pub struct CringeInputs<'a> {
     pub uniforms: &'a Tensor,
     pub k: i64,
     pub detach_positive: bool,
+    /// Token ids never drawn as the positive (`--cringe-exclude-stop`: the EOS set), int64 on the
+    /// logits' device.
+    pub exclude: Option<&'a Tensor>,
 }
 
 /// Per-row sums over response tokens.
@@ -98,7 +101,7 @@ pub fn seq_terms(
 
 /// `cr_t = softplus(s-_t - s+_t)` for every position of `[N, L, V]` logits (unmasked).
 fn cringe_tokens(logits: &Tensor, targets: &Tensor, s_minus: &Tensor, c: &CringeInputs) -> Tensor {
-    let (mut s_plus, _) = draw_positive(logits, targets, c.uniforms, c.k);
+    let (mut s_plus, _) = draw_positive(logits, targets, c.uniforms, c.k, c.exclude);
     if c.detach_positive {
         s_plus = s_plus.detach();
     }
@@ -109,14 +112,24 @@ fn cringe_tokens(logits: &Tensor, targets: &Tensor, s_minus: &Tensor, c: &Cringe
 /// `y_t` if it is among them (otherwise the `(k+1)`-th) so exactly `k` candidates remain, and draw
 /// one from their softmax by inverse CDF with `uniforms`. Returns its logit (f32, with gradient
 /// into `logits`; the draw itself carries none) and its vocabulary id, both shaped like `targets`.
+/// Ids in `exclude` are ranked below every other token, so they are never candidates (a target
+/// among them is then not in the top `k+1` either, and the `(k+1)`-th is dropped).
 pub(crate) fn draw_positive(
     logits: &Tensor,
     targets: &Tensor,
     uniforms: &Tensor,
     k: i64,
+    exclude: Option<&Tensor>,
 ) -> (Tensor, Tensor) {
     let device = logits.device();
-    let (top_vals, top_idx) = logits.topk(k + 1, -1, true, true);
+    let (top_vals, top_idx) = match exclude {
+        None => logits.topk(k + 1, -1, true, true),
+        Some(ids) => {
+            let ranked = logits.detach().index_fill(-1, ids, f64::NEG_INFINITY);
+            let (_, idx) = ranked.topk(k + 1, -1, true, true);
+            (logits.gather(-1, &idx, false), idx)
+        }
+    };
     let is_target = top_idx.eq_tensor(&targets.unsqueeze(-1));
     let has_target = is_target.any_dim(-1, true);
     let drop_at = is_target
