@@ -552,9 +552,10 @@ mod tests {
             s.loss_flags,
             [
                 "--alpha",
-                "0.5",
+                "1",
                 "--b",
                 "0",
+                "--cringe-exclude-stop",
                 "--cringe-k",
                 "5",
                 "--tau",
