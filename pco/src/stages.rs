@@ -887,7 +887,7 @@ mod tests {
         }
         // Generation settings reach every generation.
         assert_eq!(
-            changed(&base, &["iterations=3", "generation.max_new_tokens=64"]).len(),
+            changed(&base, &["iterations=3", "generation.max_new_tokens=48"]).len(),
             3 + 3 + 2
         );
     }
