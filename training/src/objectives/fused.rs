@@ -128,9 +128,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             if c.rows > r {
                 bail!("{} cringe rows requested from a batch of {r}", c.rows);
             }
-            if c.k < 1 || c.k + 1 > v {
-                bail!("cringe_k = {} needs 1 <= k < vocabulary size {v}", c.k);
-            }
+            c.check_k(v)?;
             if c.uniforms.size() != [c.rows, steps] {
                 bail!(
                     "cringe uniforms {:?}, expected [{}, {steps}]",

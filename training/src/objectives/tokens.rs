@@ -22,6 +22,20 @@ pub struct CringeInputs<'a> {
     pub exclude: Option<&'a Tensor>,
 }
 
+impl CringeInputs<'_> {
+    /// The draw needs `k + 1` ranked ids that are not excluded.
+    pub(crate) fn check_k(&self, vocab: i64) -> Result<()> {
+        let excluded = self.exclude.map_or(0, |e| e.numel() as i64);
+        if self.k < 1 || self.k + 1 + excluded > vocab {
+            bail!(
+                "cringe_k = {} needs 1 <= k < vocabulary size {vocab} minus the {excluded} excluded ids",
+                self.k
+            );
+        }
+        Ok(())
+    }
+}
+
 /// Per-row sums over response tokens.
 #[derive(Debug)]
 pub struct SeqTerms {
@@ -72,9 +86,7 @@ pub fn seq_terms(
             if c.rows > r {
                 bail!("{} cringe rows requested from a batch of {r}", c.rows);
             }
-            if c.k < 1 || c.k + 1 > v {
-                bail!("cringe_k = {} needs 1 <= k < vocabulary size {v}", c.k);
-            }
+            c.check_k(v)?;
             if c.uniforms.size() != [c.rows, t - 1] {
                 bail!(
                     "cringe uniforms {:?}, expected [{}, {}]",
