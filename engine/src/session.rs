@@ -218,6 +218,14 @@ pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilde
         .with_intra_threads(threads)
         .map_err(ort::Error::<()>::from)
         .with_context(|| format!("setting {threads} intra-op threads"))?;
+    // A developer's switch, not a setting: ONNX Runtime's per-node profile (issue #14's "profile
+    // the decode step"), written as `{prefix}_{date}.json` when the session ends.
+    if let Some(prefix) = std::env::var_os("PCO_ORT_PROFILE") {
+        builder = builder
+            .with_profiling(&prefix)
+            .map_err(ort::Error::<()>::from)
+            .context("PCO_ORT_PROFILE: enabling ONNX Runtime's profiler")?;
+    }
     if let Device::Cuda(id) = opts.device {
         let mut ep = ort::ep::CUDA::default()
             .with_device_id(id as i32)
