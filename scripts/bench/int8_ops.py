@@ -130,6 +130,71 @@ def rowq(model, skip_head):
     return model
 
 
+def rowql(model, skip_head, wbits=7):
+    """What `exports onnx --weights int8` writes since issue 14's second pass: `wbits`-bit signed
+    per-column weights (7: the u8 x s8 pair sums of AVX2's `vpmaddubsw` cannot saturate, so the
+    product is exact on every x86 CPU, not only VNNI ones), activations quantized per row by one
+    QuantizeLinear over rows `[N, K]` (per-axis, axis 0, zero point 128), MatMulInteger u8 x s8,
+    then x column scale x row scale."""
+    g = model.graph
+    qmax = 2 ** (wbits - 1) - 1
+    new_nodes = []
+    consts = [numpy_helper.from_array(np.array([-1], np.int64), "rql.axes"),
+              numpy_helper.from_array(np.array(127.0, np.float32), "rql.127"),
+              numpy_helper.from_array(np.array(1e-30, np.float32), "rql.tiny"),
+              numpy_helper.from_array(np.array([128], np.uint8), "rql.zp1")]
+    targets = {n.name: t for n, t in weight_matmuls(model, skip_head)}
+    quantized = {}
+    for n in g.node:
+        if n.name not in targets:
+            new_nodes.append(n)
+            continue
+        t = targets[n.name]
+        w = numpy_helper.to_array(t).astype(np.float32)
+        kdim, cols = w.shape
+        amax = np.abs(w).max(axis=0)
+        scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
+        replace_init(model, t.name, [numpy_helper.from_array(q, t.name + ".q"),
+                                     numpy_helper.from_array(scale, t.name + ".scale")])
+        a = n.input[0]
+        p = n.name + "/rql"
+        if a not in quantized:
+            shp = p + "kshape"
+            consts.append(numpy_helper.from_array(np.array([-1, kdim], np.int64), shp))
+            new_nodes += [
+                helper.make_node("Shape", [a], [p + "ashape"]),
+                helper.make_node("Reshape", [a, shp], [p + "a2"]),
+                helper.make_node("Abs", [p + "a2"], [p + "abs"]),
+                helper.make_node("ReduceMax", [p + "abs", "rql.axes"], [p + "amax"], keepdims=0),
+                helper.make_node("Div", [p + "amax", "rql.127"], [p + "s0"]),
+                helper.make_node("Max", [p + "s0", "rql.tiny"], [p + "s"]),
+                helper.make_node("Shape", [p + "s"], [p + "sshape"]),
+                helper.make_node("Expand", ["rql.zp1", p + "sshape"], [p + "zp"]),
+                helper.make_node("QuantizeLinear", [p + "a2", p + "s", p + "zp"], [p + "q"], axis=0),
+                helper.make_node("Unsqueeze", [p + "s", "rql.axes"], [p + "s2"]),
+            ]
+            quantized[a] = (p + "q", p + "s2", p + "ashape")
+        aq, s2, ashape = quantized[a]
+        outshape = p + "oshape"
+        consts.append(numpy_helper.from_array(np.array([cols], np.int64), p + "cols"))
+        new_nodes += [
+            helper.make_node("MatMulInteger", [aq, t.name + ".q", "rql.zp1"], [p + "i"]),
+            helper.make_node("Cast", [p + "i"], [p + "f"], to=onnx.TensorProto.FLOAT),
+            helper.make_node("Mul", [p + "f", t.name + ".scale"], [p + "f1"]),
+            helper.make_node("Mul", [p + "f1", s2], [p + "f2"]),
+            helper.make_node("Slice", [ashape, "rql.zero1", "rql.minus1"], [p + "lead"]),
+            helper.make_node("Concat", [p + "lead", p + "cols"], [outshape], axis=0),
+            helper.make_node("Reshape", [p + "f2", outshape], [n.output[0]]),
+        ]
+    consts += [numpy_helper.from_array(np.array([0], np.int64), "rql.zero1"),
+               numpy_helper.from_array(np.array([-1], np.int64), "rql.minus1")]
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(consts)
+    return model
+
+
 def nbits(model, bits, block, skip_head):
     for n, t in list(weight_matmuls(model, skip_head)):
         w = numpy_helper.to_array(t).astype(np.float32)  # [K, N]
@@ -171,6 +236,8 @@ def build(src, variant, out, skip_head):
         dqmm(m, False, skip_head)
     elif variant == "rowq":
         rowq(m, skip_head)
+    elif variant.startswith("rowql"):
+        rowql(m, skip_head, int(variant[5:] or 7))
     elif variant.startswith("nbits"):
         bits, block = variant[5:].split("-")
         nbits(m, int(bits), int(block), skip_head)

@@ -3,8 +3,8 @@
 For the tiny `llama_gqa` model of onnx_reference.py (`exports init --arch llama --hidden-size 64
 --seed 11`):
 * numpy quantizes every projection and the (tied) LM head per output column, symmetric, round
-  half to even: s = max|w| / 127, q = clip(rint(w / s), -127, 127); written in the exporter's ONNX
-  layout ([in, out] int8, stored as its uint8 bytes, and [out] f32 scales) to exports/tests/fixtures/int8/llama_gqa.safetensors,
+  half to even, to 7-bit values: s = max|w| / 63, q = clip(rint(w / s), -63, 63); written in the
+  exporter's ONNX layout ([in, out] int8 bytes, and [out] f32 scales) to exports/tests/fixtures/int8/llama_gqa.safetensors,
   one entry per module (`model.layers.{l}.attn.q_proj.MatMul.weight.q`, `.scales`, ...), which the
   exporter's test compares byte for byte;
 * transformers runs the model with those Linear layers replaced by the int8 arithmetic the graph
@@ -47,8 +47,8 @@ def quantize_columns(w_t):
     """w_t: PyTorch Linear weight [out, in] → (q [in, out] int8, scales [out] f32)."""
     w = np.ascontiguousarray(w_t.T.astype(np.float32))  # [in, out]
     amax = np.abs(w).max(axis=0)
-    scales = np.where(amax > 0, amax / np.float32(127.0), np.float32(1.0)).astype(np.float32)
-    q = np.clip(np.rint(w / scales), -127, 127).astype(np.int8)
+    scales = np.where(amax > 0, amax / np.float32(63.0), np.float32(1.0)).astype(np.float32)
+    q = np.clip(np.rint(w / scales), -63, 63).astype(np.int8)
     return q, scales
 
 

@@ -97,10 +97,12 @@ pub struct Weights<'a> {
 /// The right operand of a projection `x · W`, `W` `[k, n]`, in the export's weight format.
 pub enum LinearWeight {
     Float(Value),
-    /// int8 `[k, n]` (stored as u8 = q + 128) and f32 column scales `[n]`.
+    /// int8 `[k, n]` (7-bit values, [`quant::WEIGHT_QMAX`]) and f32 column scales `[n]`.
     Int8 {
         q: Value,
         scales: Value,
+        /// Input width (the row length the activations are quantized over).
+        k: usize,
     },
 }
 
@@ -168,18 +170,16 @@ impl Weights<'_> {
             WeightFormat::Int8 => {
                 let t = transpose(&stacked, n, k);
                 let qc = quant::per_column_int8(&t, k, n);
-                // Stored as u8 with zero point 128: ONNX Runtime's u8 × s8 kernel (AVX2
-                // vpmaddubsw) saturates 16-bit pair sums and gave wrong products here; u8 × u8 is
-                // exact.
-                let bytes = qc.q.iter().map(|v| (*v as u8) ^ 0x80).collect();
+                let bytes = qc.q.iter().map(|v| *v as u8).collect();
                 LinearWeight::Int8 {
-                    q: g.weight(&format!("{onnx_name}.q"), Elem::U8, &[k, n], bytes),
+                    q: g.weight(&format!("{onnx_name}.q"), Elem::I8, &[k, n], bytes),
                     scales: g.weight_f32(
                         &format!("{onnx_name}.scales"),
                         Elem::F32,
                         &[n],
                         &qc.scales,
                     ),
+                    k,
                 }
             }
         })
@@ -232,15 +232,20 @@ pub fn linear(g: &mut GraphBuilder, x: &Value, w: &Value, b: Option<&Value>) -> 
 
 /// `x` `[.., k]` f32 quantized per row for an int8 product: `s = max|x| / 127` over the last axis
 /// (kept as `[.., 1]`), `q = clamp(rint(x / s), -127, 127) + 128` as uint8 (zero point 128, the
-/// u8 × s8 form ONNX Runtime's VNNI kernels take). Each row has its own scale, so a row's product
+/// u8 operand of ONNX Runtime's u8 × s8 kernels). Each row has its own scale, so a row's product
 /// does not depend on the other rows of the batch (`DynamicQuantizeLinear` takes one range per
 /// tensor, which would tie every row to the batch it runs in).
+///
+/// The rounding is one `QuantizeLinear` with a block of the whole row (opset 21's blocked form):
+/// the same bytes as Div → Round → Add → Clip → Cast, 2.8× faster in ONNX Runtime (one pass over
+/// `x` instead of five). Blocked quantization wants a zero point of the scale's shape, hence the
+/// `Expand`.
 pub struct RowQuantized {
     pub q: Value,
     pub scale: Value,
 }
 
-pub fn quantize_rows(g: &mut GraphBuilder, x: &Value) -> RowQuantized {
+pub fn quantize_rows(g: &mut GraphBuilder, x: &Value, k: usize) -> RowQuantized {
     let a = g.op("Abs", &[x]).build();
     let axes = g.ints(&[-1]);
     let amax = g
@@ -252,16 +257,16 @@ pub fn quantize_rows(g: &mut GraphBuilder, x: &Value) -> RowQuantized {
     // An all-zero row: any positive scale quantizes it to zeros.
     let tiny = g.scalar(f32::MIN_POSITIVE, Elem::F32);
     let scale = g.op("Max", &[&s, &tiny]).build();
-    let scaled = g.div(x, &scale);
-    let r = g.op("Round", &[&scaled]).build();
-    let zero = g.scalar(128.0, Elem::F32);
-    let shifted = g.add(&r, &zero);
-    let (lo, hi) = (g.scalar(1.0, Elem::F32), g.scalar(255.0, Elem::F32));
-    let clipped = g.op("Clip", &[&shifted, &lo, &hi]).build();
-    RowQuantized {
-        q: g.cast(&clipped, Elem::U8),
-        scale,
-    }
+    let zp = g.scalar_u8(128);
+    let shape = g.op("Shape", &[&scale]).elem(Elem::I64).build();
+    let zps = g.op("Expand", &[&zp, &shape]).elem(Elem::U8).build();
+    let q = g
+        .op("QuantizeLinear", &[x, &scale, &zps])
+        .attr("axis", -1i64)
+        .attr("block_size", k as i64)
+        .elem(Elem::U8)
+        .build();
+    RowQuantized { q, scale }
 }
 
 /// `x · W (+ b)` for each weight, all on the same input: int8 weights share one row
@@ -276,11 +281,12 @@ pub fn linear_many(
     for (w, b) in ws {
         let y = match w {
             LinearWeight::Float(w) => g.matmul(x, w),
-            LinearWeight::Int8 { q, scales } => {
-                let rq = rows.get_or_insert_with(|| quantize_rows(g, x));
+            LinearWeight::Int8 { q, scales, k } => {
+                let rq = rows.get_or_insert_with(|| quantize_rows(g, x, *k));
                 let zp = g.scalar_u8(128);
+                // u8 × s8 (weights' zero point 0, left out).
                 let acc = g
-                    .op("MatMulInteger", &[&rq.q, q, &zp, &zp])
+                    .op("MatMulInteger", &[&rq.q, q, &zp])
                     .elem(Elem::I32)
                     .build();
                 let acc = g.cast(&acc, Elem::F32);

@@ -405,12 +405,6 @@ mod tests {
                 } else {
                     t.data.clone()
                 };
-                // The graph stores int8 q as u8 q + 128 (the u8 × u8 form of MatMulInteger).
-                let bytes: Vec<u8> = if name.ends_with(".q") {
-                    bytes.iter().map(|b| b ^ 0x80).collect()
-                } else {
-                    bytes
-                };
                 let key = if flavor == Flavor::Ort { &packed } else { name };
                 let (_, have) = got
                     .get(key)

@@ -1,12 +1,17 @@
 //! int8 weights for the projections and the LM head (`exports onnx --weights int8`).
 //!
 //! Quantization is symmetric, one scale per output column, round half to even (numpy's `rint`),
-//! in f32: `s = max|w| / 127` (1 for an all-zero column), `q = clamp(rint(w / s), -127, 127)`.
-//! The graph stores `q + 128` as u8 (zero point 128) and multiplies with ONNX `MatMulInteger`
-//! (u8 × u8: ONNX Runtime's u8 × s8 CPU kernel saturates 16-bit pair sums) on activations
-//! quantized per row
+//! in f32, to **7-bit** magnitudes stored as int8: `s = max|w| / 63` (1 for an all-zero column),
+//! `q = clamp(rint(w / s), -63, 63)`. The graph multiplies them with ONNX `MatMulInteger`
+//! u8 × s8 on activations quantized per row to u8 with zero point 128
 //! ([`super::layers::quantize_rows`]), so a row's result does not depend on the other rows of its
 //! batch and generation output stays the same for any batch size.
+//!
+//! Why 7 bits: u8 × s8 is ONNX Runtime's fast int8 kernel (VNNI `vpdpbusd`; 2.3× its u8 × u8 on a
+//! 64 × 576 × 1536 product here), but on AVX2-only CPUs it goes through `vpmaddubsw`, which
+//! saturates each sum of two u8 × s8 products at 32767; with |q| ≤ 63 that sum is at most
+//! 2 · 255 · 63 = 32130, so the product is exact on every x86 CPU. The lost weight bit costs less
+//! than the activations' quantization already does (BENCHMARKS.md, "Quality against fp32").
 //!
 //! Why this form (measured in BENCHMARKS.md, "int8 weights"): ONNX Runtime's fused
 //! `DynamicQuantizeMatMul` and `quantize_dynamic`'s `DynamicQuantizeLinear` take one activation
@@ -20,8 +25,8 @@ pub enum WeightFormat {
     /// As `--dtype` says (f32, f16 or bf16).
     #[default]
     Float,
-    /// int8, one scale per output column; int8 × int8 products (MatMulInteger) with activations
-    /// quantized per row.
+    /// 7-bit values in int8, one scale per output column; u8 × s8 products (MatMulInteger) with
+    /// activations quantized per row.
     Int8,
 }
 
@@ -34,9 +39,12 @@ impl WeightFormat {
     }
 }
 
+/// Largest weight magnitude: 7 bits (see the module's comment).
+pub const WEIGHT_QMAX: f32 = 63.0;
+
 fn scale_of(amax: f32) -> f32 {
     if amax > 0.0 {
-        amax / 127.0
+        amax / WEIGHT_QMAX
     } else {
         1.0
     }
@@ -68,7 +76,7 @@ pub fn per_column_int8(w: &[f32], k: usize, n: usize) -> Int8Columns {
         .flat_map(|row| {
             row.iter()
                 .zip(&scales)
-                .map(|(v, s)| (v / s).round_ties_even().clamp(-127.0, 127.0) as i8)
+                .map(|(v, s)| (v / s).round_ties_even().clamp(-WEIGHT_QMAX, WEIGHT_QMAX) as i8)
         })
         .collect();
     Int8Columns { q, scales }
@@ -80,11 +88,11 @@ mod tests {
 
     #[test]
     fn int8_columns_by_hand() {
-        // [k=2, n=3]: column maxima 2, 0.5, 0 → scales 2/127, 0.5/127, 1.
-        let w = [2.0, -0.25, 0.0, -1.0, 0.5, 0.0];
-        let q = per_column_int8(&w, 2, 3);
-        assert_eq!(q.scales, vec![2.0 / 127.0, 0.5 / 127.0, 1.0]);
-        // -1 / (2/127) = -63.5 → -64 (ties to even); -0.25 / (0.5/127) = -63.5 → -64.
-        assert_eq!(q.q, vec![127, -64, 0, -64, 127, 0]);
+        // [k=3, n=3]: column maxima 63, 31.5, 0 → scales 1, 0.5 (exact in f32), 1.
+        let w = [63.0, -0.75, 0.0, -31.5, 31.5, 0.0, 2.5, 0.25, 0.0];
+        let q = per_column_int8(&w, 3, 3);
+        assert_eq!(q.scales, vec![1.0, 0.5, 1.0]);
+        // Ties to even: -31.5 → -32, -0.75 / 0.5 = -1.5 → -2, 2.5 → 2, 0.25 / 0.5 = 0.5 → 0.
+        assert_eq!(q.q, vec![63, -2, 0, -32, 63, 0, 2, 0, 0]);
     }
 }
