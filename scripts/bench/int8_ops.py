@@ -14,8 +14,11 @@ Variants:
               per-tensor, fused back by ONNX Runtime at load)
   nbits8-B    MatMulNBits, 8-bit blocks of B along K, accuracy_level 4 (int8 activations)
   nbits4-B    the same with 4 bits
-  rowq        MatMulInteger (u8 x s8) on activations quantized per row with standard ops, int8
-              per-column weights: what `exports onnx --weights int8` writes
+  rowq        MatMulInteger (u8 x s8) on activations quantized per row with standard ops, 8-bit
+              per-column weights (exact on VNNI CPUs only; the first pass's numerics)
+  rowql7      7-bit per-column weights, rows quantized by one QuantizeLinear (per-axis over
+              [N, K]; the export writes the blocked form, same bytes): the numerics of
+              `exports onnx --weights int8` (rowqlN: N-bit weights)
 Each line also says whether row 0's logits at batch B equal those of the same row run alone
 (`row0_same_at_batch1`): the invariant that generation output does not depend on the batch size.
 Usage: int8_ops.py ONNX_DIR [--batch 16 64] [--past 100] [--rounds 5] [--steps 10] [--threads 2]
