@@ -27,8 +27,12 @@ impl CringeInputs<'_> {
     pub(crate) fn check_k(&self, vocab: i64) -> Result<()> {
         let excluded = self.exclude.map_or(0, |e| e.numel() as i64);
         if self.k < 1 || self.k + 1 + excluded > vocab {
+            let minus = match excluded {
+                0 => String::new(),
+                n => format!(" minus the {n} excluded ids"),
+            };
             bail!(
-                "cringe_k = {} needs 1 <= k < vocabulary size {vocab} minus the {excluded} excluded ids",
+                "cringe_k = {} needs 1 <= k < vocabulary size {vocab}{minus}",
                 self.k
             );
         }
