@@ -79,6 +79,18 @@ def dqmm(model, per_column, skip_head):
     return model
 
 
+def quantize_columns(t, qmax):
+    """Queue `t`'s replacement by `{name}.q` (int8, per output column, |q| <= qmax, round half to
+    even) and `{name}.scale`; returns the fp32 weight's shape [K, N]."""
+    w = numpy_helper.to_array(t).astype(np.float32)
+    amax = np.abs(w).max(axis=0)
+    scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
+    q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
+    replace_init(None, t.name, [numpy_helper.from_array(q, t.name + ".q"),
+                                numpy_helper.from_array(scale, t.name + ".scale")])
+    return w.shape
+
+
 def rowq(model, skip_head):
     """Per-row dynamic activation quantization with standard ops (row-independent, unlike
     DynamicQuantizeLinear's one range per tensor): s = max|a|/127 per row, a_q = round(a/s) + 128
@@ -99,12 +111,7 @@ def rowq(model, skip_head):
             new_nodes.append(n)
             continue
         t = targets[n.name]
-        w = numpy_helper.to_array(t).astype(np.float32)
-        amax = np.abs(w).max(axis=0)
-        scale = np.where(amax > 0, amax / 127.0, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / scale), -127, 127).astype(np.int8)
-        replace_init(model, t.name, [numpy_helper.from_array(q, t.name + ".q"),
-                                     numpy_helper.from_array(scale, t.name + ".scale")])
+        quantize_columns(t, 127)
         a = n.input[0]
         p = n.name + "/rq"
         if a not in quantized:
@@ -153,13 +160,7 @@ def rowql(model, skip_head, wbits=7):
             new_nodes.append(n)
             continue
         t = targets[n.name]
-        w = numpy_helper.to_array(t).astype(np.float32)
-        kdim, cols = w.shape
-        amax = np.abs(w).max(axis=0)
-        scale = np.where(amax > 0, amax / qmax, 1.0).astype(np.float32)
-        q = np.clip(np.rint(w / scale), -qmax, qmax).astype(np.int8)
-        replace_init(model, t.name, [numpy_helper.from_array(q, t.name + ".q"),
-                                     numpy_helper.from_array(scale, t.name + ".scale")])
+        kdim, cols = quantize_columns(t, qmax)
         a = n.input[0]
         p = n.name + "/rql"
         if a not in quantized:
