@@ -91,12 +91,29 @@ def quantize_columns(t, qmax):
     return w.shape
 
 
+def rewrite_products(model, skip_head, qmax, consts, emit):
+    """Replace every weight MatMul by the nodes `emit(node, weight, (K, N))` returns and its weight
+    by int8 columns (`quantize_columns(weight, qmax)`); every other node is kept, in order. `emit`
+    may add initializers to `consts` (added to the graph afterwards)."""
+    g = model.graph
+    targets = {n.name: t for n, t in weight_matmuls(model, skip_head)}
+    new_nodes = []
+    for n in g.node:
+        if n.name not in targets:
+            new_nodes.append(n)
+            continue
+        t = targets[n.name]
+        new_nodes += emit(n, t, quantize_columns(t, qmax))
+    del g.node[:]
+    g.node.extend(new_nodes)
+    g.initializer.extend(consts)
+    return model
+
+
 def rowq(model, skip_head):
     """Per-row dynamic activation quantization with standard ops (row-independent, unlike
     DynamicQuantizeLinear's one range per tensor): s = max|a|/127 per row, a_q = round(a/s) + 128
     as uint8 (zero point 128), MatMulInteger with int8 per-column weights, then × s × s_col."""
-    g = model.graph
-    new_nodes = []
     consts = [numpy_helper.from_array(np.array([-1], np.int64), "rowq.axes"),
               numpy_helper.from_array(np.array(127.0, np.float32), "rowq.127"),
               numpy_helper.from_array(np.array(1e-30, np.float32), "rowq.tiny"),
@@ -104,18 +121,14 @@ def rowq(model, skip_head):
               numpy_helper.from_array(np.array(0.0, np.float32), "rowq.0"),
               numpy_helper.from_array(np.array(255.0, np.float32), "rowq.255"),
               numpy_helper.from_array(np.array(128, np.uint8), "rowq.zp")]
-    targets = {n.name: t for n, t in weight_matmuls(model, skip_head)}
     quantized = {}
-    for n in g.node:
-        if n.name not in targets:
-            new_nodes.append(n)
-            continue
-        t = targets[n.name]
-        quantize_columns(t, 127)
+
+    def emit(n, t, _shape):
+        nodes = []
         a = n.input[0]
         p = n.name + "/rq"
         if a not in quantized:
-            new_nodes += [
+            nodes += [
                 helper.make_node("Abs", [a], [p + "abs"]),
                 helper.make_node("ReduceMax", [p + "abs", "rowq.axes"], [p + "amax"], keepdims=1),
                 helper.make_node("Div", [p + "amax", "rowq.127"], [p + "s0"]),
@@ -128,16 +141,14 @@ def rowq(model, skip_head):
             ]
             quantized[a] = (p + "q", p + "s")
         aq, s = quantized[a]
-        new_nodes += [
+        return nodes + [
             helper.make_node("MatMulInteger", [aq, t.name + ".q", "rowq.zp"], [p + "i"]),
             helper.make_node("Cast", [p + "i"], [p + "f"], to=onnx.TensorProto.FLOAT),
             helper.make_node("Mul", [p + "f", t.name + ".scale"], [p + "f1"]),
             helper.make_node("Mul", [p + "f1", s], [n.output[0]]),
         ]
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(consts)
-    return model
+
+    return rewrite_products(model, skip_head, 127, consts, emit)
 
 
 def rowql(model, skip_head, wbits=7):
@@ -146,27 +157,23 @@ def rowql(model, skip_head, wbits=7):
     product is exact on every x86 CPU, not only VNNI ones), activations quantized per row by one
     QuantizeLinear over rows `[N, K]` (per-axis, axis 0, zero point 128), MatMulInteger u8 x s8,
     then x column scale x row scale."""
-    g = model.graph
-    qmax = 2 ** (wbits - 1) - 1
-    new_nodes = []
     consts = [numpy_helper.from_array(np.array([-1], np.int64), "rql.axes"),
               numpy_helper.from_array(np.array(127.0, np.float32), "rql.127"),
               numpy_helper.from_array(np.array(1e-30, np.float32), "rql.tiny"),
-              numpy_helper.from_array(np.array([128], np.uint8), "rql.zp1")]
-    targets = {n.name: t for n, t in weight_matmuls(model, skip_head)}
+              numpy_helper.from_array(np.array([128], np.uint8), "rql.zp1"),
+              numpy_helper.from_array(np.array([0], np.int64), "rql.zero1"),
+              numpy_helper.from_array(np.array([-1], np.int64), "rql.minus1")]
     quantized = {}
-    for n in g.node:
-        if n.name not in targets:
-            new_nodes.append(n)
-            continue
-        t = targets[n.name]
-        kdim, cols = quantize_columns(t, qmax)
+
+    def emit(n, t, shape):
+        kdim, cols = shape
+        nodes = []
         a = n.input[0]
         p = n.name + "/rql"
         if a not in quantized:
             shp = p + "kshape"
             consts.append(numpy_helper.from_array(np.array([-1, kdim], np.int64), shp))
-            new_nodes += [
+            nodes += [
                 helper.make_node("Shape", [a], [p + "ashape"]),
                 helper.make_node("Reshape", [a, shp], [p + "a2"]),
                 helper.make_node("Abs", [p + "a2"], [p + "abs"]),
@@ -182,7 +189,7 @@ def rowql(model, skip_head, wbits=7):
         aq, s2, ashape = quantized[a]
         outshape = p + "oshape"
         consts.append(numpy_helper.from_array(np.array([cols], np.int64), p + "cols"))
-        new_nodes += [
+        return nodes + [
             helper.make_node("MatMulInteger", [aq, t.name + ".q", "rql.zp1"], [p + "i"]),
             helper.make_node("Cast", [p + "i"], [p + "f"], to=onnx.TensorProto.FLOAT),
             helper.make_node("Mul", [p + "f", t.name + ".scale"], [p + "f1"]),
@@ -191,12 +198,8 @@ def rowql(model, skip_head, wbits=7):
             helper.make_node("Concat", [p + "lead", p + "cols"], [outshape], axis=0),
             helper.make_node("Reshape", [p + "f2", outshape], [n.output[0]]),
         ]
-    consts += [numpy_helper.from_array(np.array([0], np.int64), "rql.zero1"),
-               numpy_helper.from_array(np.array([-1], np.int64), "rql.minus1")]
-    del g.node[:]
-    g.node.extend(new_nodes)
-    g.initializer.extend(consts)
-    return model
+
+    return rewrite_products(model, skip_head, 2 ** (wbits - 1) - 1, consts, emit)
 
 
 def nbits(model, bits, block, skip_head):
