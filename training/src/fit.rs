@@ -15,7 +15,7 @@ use crate::metrics_log::{metrics_line, MetricsLine, MetricsLog, Progress, StepIn
 use crate::model::{LoraConfig, Model, Recompute};
 use crate::objectives::{
     lm_loss, reward_loss, seq_terms_fused, CringeInputs, FusedTerms, HeadInputs, Layout,
-    Normalizers, ObjectiveConfig, StatSums, StepStats,
+    Normalizers, ObjectiveConfig, StatSums, StepStats, StopGuard,
 };
 use crate::optim::{AdamW, OptimConfig};
 use crate::reference::{self, ReferenceConfig};
@@ -165,17 +165,15 @@ struct LossRunner<'a> {
     autocast: bool,
     /// Gradient checkpointing (training only).
     checkpointing: bool,
-    /// The ids `--cringe-exclude-stop` keeps out of the cringe candidates.
-    exclude: Option<Tensor>,
+    /// The tokenizer's EOS set, int64 on `device`: what `--cringe-exclude-stop` keeps out of the
+    /// cringe candidates and what `--stop-unlikelihood` guards against.
+    stop_ids: Tensor,
 }
 
-/// The EOS set as an int64 tensor on `device` when the objective excludes it from the cringe
-/// candidates.
-fn cringe_exclude(objective: &ObjectiveConfig, tok: &Tokenizer, device: Device) -> Option<Tensor> {
-    objective.cringe_exclude_stop.then(|| {
-        let ids: Vec<i64> = tok.policy().stop.iter().map(|t| t.as_i64()).collect();
-        Tensor::from_slice(&ids).to_device(device)
-    })
+/// The EOS set (the one token policy's stop ids) as an int64 tensor on `device`.
+fn stop_ids(tok: &Tokenizer, device: Device) -> Tensor {
+    let ids: Vec<i64> = tok.policy().stop.iter().map(|t| t.as_i64()).collect();
+    Tensor::from_slice(&ids).to_device(device)
 }
 
 /// A micro-batch's loss contribution, its statistics, and how to backpropagate it.
@@ -240,7 +238,11 @@ impl<'a> LossRunner<'a> {
                 uniforms: u,
                 k: self.objective.cringe_k as i64,
                 detach_positive: self.objective.cringe_detach_positive,
-                exclude: self.exclude.as_ref(),
+                exclude: self.objective.cringe_exclude_stop.then_some(&self.stop_ids),
+            });
+            let stop = (self.objective.stop_unlikelihood > 0.0).then(|| StopGuard {
+                ids: &self.stop_ids,
+                from_row: mb.layout.chosen_start() as i64,
             });
             let fused = seq_terms_fused(&HeadInputs {
                 hidden: &hidden,
@@ -248,6 +250,7 @@ impl<'a> LossRunner<'a> {
                 input_ids: &mb.input_ids,
                 response_mask: &mb.response_mask,
                 cringe: cringe.as_ref(),
+                stop: stop.as_ref(),
             })?;
             let (loss, sums) = lm_loss(
                 self.objective,
@@ -417,7 +420,7 @@ pub fn run(cfg: &FitConfig) -> Result<FitSummary> {
         device,
         autocast,
         checkpointing: cfg.gradient_checkpointing,
-        exclude: cringe_exclude(&cfg.objective, &tok, device),
+        stop_ids: stop_ids(&tok, device),
     };
     let pad = tok.pad().as_i64();
     let progress = Progress::new(total, start);
@@ -625,7 +628,7 @@ pub fn evaluate(cfg: &EvalConfig) -> Result<StepStats> {
         device,
         autocast,
         checkpointing: false,
-        exclude: cringe_exclude(&cfg.objective, &tok, device),
+        stop_ids: stop_ids(&tok, device),
     };
     let ccfg = CollateConfig {
         objective: cfg.objective.name,

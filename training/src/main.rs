@@ -77,6 +77,10 @@ struct LossArgs {
     /// Leave EOS (every id that ends a response) out of the cringe candidates.
     #[arg(long)]
     cringe_exclude_stop: bool,
+    /// Weight of the stop guard, -log(1 - p(EOS)) at every non-final position of chosen responses
+    /// and positives (0 = off).
+    #[arg(long)]
+    stop_unlikelihood: Option<f64>,
     /// DPO beta.
     #[arg(long)]
     beta: Option<f64>,
@@ -90,7 +94,16 @@ impl LossArgs {
         macro_rules! set {
             ($($f:ident),*) => { $( if let Some(v) = self.$f { o.$f = v; } )* };
         }
-        set!(alpha, b, tau, cringe_k, gate, margin_reduction, beta);
+        set!(
+            alpha,
+            b,
+            tau,
+            cringe_k,
+            gate,
+            margin_reduction,
+            stop_unlikelihood,
+            beta
+        );
         o.gate_detach |= self.gate_detach;
         o.cringe_detach_positive |= self.cringe_detach_positive;
         o.cringe_exclude_stop |= self.cringe_exclude_stop;

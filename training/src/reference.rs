@@ -176,7 +176,7 @@ pub fn attach(
         let logp = model.without_adapters(|| {
             crate::amp::autocast(cfg.device, cfg.autocast, || -> Result<tch::Tensor> {
                 let logits = model.forward(&mb.input_ids, &mb.attention_mask);
-                Ok(seq_terms(&logits, &mb.input_ids, &mb.response_mask, None)?.logp_sum)
+                Ok(seq_terms(&logits, &mb.input_ids, &mb.response_mask, None, None)?.logp_sum)
             })
         })?;
         let logp = Vec::<f64>::try_from(logp.to_kind(tch::Kind::Double).to_device(Device::Cpu))?;

@@ -99,6 +99,13 @@ pub struct ObjectiveConfig {
     /// to stop at once (measured in README, "A default that generalizes"). A deviation from
     /// LOSSES.md's candidate set, off unless asked for.
     pub cringe_exclude_stop: bool,
+    /// Weight `lambda` of the stop guard: `lambda * mean_t -log(1 - p(stop | y_<t))` over each
+    /// trained-toward response (chosen, positives), at every position whose target is not a stop
+    /// id. Our responses are truncated continuations, so "do not stop here" is true at each of
+    /// them; the cringe term lowers the rejected token (often the newline after a sentence) and
+    /// lets EOS take its place out of domain, where nothing holds it down (README, "A default that
+    /// generalizes"). 0 = off, LOSSES.md's loss; a deviation from it otherwise.
+    pub stop_unlikelihood: f64,
     /// DPO's inverse temperature.
     pub beta: f64,
 }
@@ -116,6 +123,7 @@ impl Default for ObjectiveConfig {
             gate_detach: false,
             cringe_detach_positive: false,
             cringe_exclude_stop: false,
+            stop_unlikelihood: 0.0,
             beta: 0.1,
         }
     }
@@ -147,6 +155,19 @@ impl ObjectiveConfig {
             && self.beta.partial_cmp(&0.0) != Some(std::cmp::Ordering::Greater)
         {
             anyhow::bail!("objective.beta must be positive (got {})", self.beta);
+        }
+        if !(self.stop_unlikelihood >= 0.0 && self.stop_unlikelihood.is_finite()) {
+            anyhow::bail!(
+                "objective.stop_unlikelihood must be a finite weight >= 0 (got {})",
+                self.stop_unlikelihood
+            );
+        }
+        if self.stop_unlikelihood > 0.0 && matches!(self.name, Objective::Dpo | Objective::Reward) {
+            anyhow::bail!(
+                "objective.stop_unlikelihood guards the responses trained toward with cross-entropy \
+                 (sft, binary-cringe, pairwise-cringe); {:?} has none",
+                self.name
+            );
         }
         for (key, v) in [
             ("alpha", self.alpha),

@@ -17,7 +17,9 @@
 use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
-use super::tokens::{draw_positive, CringeInputs, SeqTerms};
+use super::tokens::{
+    draw_positive, stop_unlikelihood, stop_weight, CringeInputs, SeqTerms, StopGuard,
+};
 
 /// Positions per head chunk: `[CHUNK, V]` fp32 is 64 MiB at V = 65536 and keeps the head's
 /// matrix products large enough to run at full speed.
@@ -33,6 +35,7 @@ pub struct HeadInputs<'a> {
     /// `[R, T]`, 1 where the token at that position is summed over.
     pub response_mask: &'a Tensor,
     pub cringe: Option<&'a CringeInputs<'a>>,
+    pub stop: Option<&'a StopGuard<'a>>,
 }
 
 /// The per-sequence terms and what their gradient needs.
@@ -53,6 +56,8 @@ struct GradState {
     /// Vocabulary id of the drawn positive of the first `n_cringe` positions.
     plus_ids: Tensor,
     n_cringe: i64,
+    /// The stop guard's ids and per-position log-sum-exp over them `[N]` (no gradient).
+    stop: Option<(Tensor, Tensor)>,
     chunk: i64,
     /// The kind the forward's head products ran in: fp32, or bf16/f16 under autocast. The
     /// backward recomputes the logits and runs its products in the same kind.
@@ -62,6 +67,8 @@ struct GradState {
     leaf_target: Tensor,
     leaf_lse: Tensor,
     leaf_plus: Tensor,
+    /// Log-sum-exp of the stop ids' logits `[N]` (empty without the guard).
+    leaf_stop: Tensor,
 }
 
 fn leaf(values: Tensor) -> Tensor {
@@ -148,6 +155,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
 
     let (mut tgt_parts, mut lse_parts, mut plus_parts, mut plus_id_parts) =
         (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+    let mut stop_parts = Vec::new();
     let mut compute = Kind::Float;
     {
         let _guard = tch::no_grad_guard();
@@ -162,6 +170,13 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             let tgt = targets.narrow(0, start, len);
             tgt_parts.push(logits.gather(1, &tgt.unsqueeze(1), false).squeeze_dim(1));
             lse_parts.push(logits.logsumexp([1i64].as_slice(), false));
+            if let Some(g) = x.stop {
+                stop_parts.push(
+                    logits
+                        .index_select(1, g.ids)
+                        .logsumexp([1i64].as_slice(), false),
+                );
+            }
             if let Some((c, u)) = &draws {
                 let m = (n_cringe - start).clamp(0, len);
                 if m > 0 {
@@ -183,6 +198,7 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
     let leaf_lse = leaf(cat_or_empty(&lse_parts, Kind::Float, device));
     let leaf_plus = leaf(cat_or_empty(&plus_parts, Kind::Float, device));
     let plus_ids = cat_or_empty(&plus_id_parts, Kind::Int64, device);
+    let leaf_stop = leaf(cat_or_empty(&stop_parts, Kind::Float, device));
     let lse = leaf_lse.detach();
 
     let zeros = |len: i64| Tensor::zeros([len], (Kind::Float, device));
@@ -198,11 +214,19 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             zeros(c.rows).index_add(0, &rows.narrow(0, 0, n_cringe), &cr)
         }
     };
+    let stop_sum = match x.stop {
+        None => zeros(0),
+        Some(g) => {
+            let ul = stop_unlikelihood(&(&leaf_stop - &leaf_lse)) * stop_weight(&rows, &targets, g);
+            zeros(r).index_add(0, &rows, &ul)
+        }
+    };
     Ok(FusedTerms {
         terms: SeqTerms {
             logp_sum,
             n_tokens,
             cringe_sum,
+            stop_sum,
         },
         grad: GradState {
             hidden,
@@ -211,11 +235,13 @@ fn seq_terms_chunked(x: &HeadInputs, chunk: i64) -> Result<FusedTerms> {
             lse,
             plus_ids,
             n_cringe,
+            stop: x.stop.map(|g| (g.ids.shallow_clone(), leaf_stop.detach())),
             chunk,
             compute,
             leaf_target,
             leaf_lse,
             leaf_plus,
+            leaf_stop,
         },
     })
 }
@@ -238,6 +264,7 @@ impl FusedTerms {
         let g_target = grad_or_zeros(&s.leaf_target);
         let g_lse = grad_or_zeros(&s.leaf_lse);
         let g_plus = grad_or_zeros(&s.leaf_plus);
+        let g_stop = grad_or_zeros(&s.leaf_stop);
         let n = s.targets.size()[0];
         if n == 0 {
             return;
@@ -260,6 +287,13 @@ impl FusedTerms {
                 let len = s.chunk.min(n - start);
                 let h = hidden.narrow(0, start, len);
                 let mut d = h.linear(&weight, None::<Tensor>).to_kind(Kind::Float);
+                // d stop_lse / d logits = softmax over the stop ids only: their logits are
+                // read before `d` turns into the full softmax below.
+                let stop_grad = s.stop.as_ref().map(|(ids, stop_lse)| {
+                    let p = (d.index_select(1, ids) - stop_lse.narrow(0, start, len).unsqueeze(1))
+                        .exp();
+                    (ids, p * g_stop.narrow(0, start, len).unsqueeze(1))
+                });
                 // softmax = exp(logits - lse), scaled by d loss / d lse, in place.
                 let _ = d.g_sub_(&s.lse.narrow(0, start, len).unsqueeze(1));
                 let _ = d.exp_();
@@ -276,6 +310,9 @@ impl FusedTerms {
                         &s.plus_ids.narrow(0, start, m).unsqueeze(1),
                         &g_plus.narrow(0, start, m).unsqueeze(1),
                     );
+                }
+                if let Some((ids, g)) = stop_grad {
+                    let _ = d.index_add_(1, ids, &g);
                 }
                 if s.compute == Kind::Float {
                     parts.push(d.matmul(&weight));
@@ -325,7 +362,15 @@ mod tests {
     fn loss_of(t: &SeqTerms) -> Tensor {
         let margin = t.logp_sum.get(2) - t.logp_sum.get(0);
         let gate = (-margin / 4.0).sigmoid();
-        -(t.logp_sum.sum(Kind::Float) / 7.0) + gate * t.cringe_sum.sum(Kind::Float) * 0.3
+        let base =
+            -(t.logp_sum.sum(Kind::Float) / 7.0) + gate * t.cringe_sum.sum(Kind::Float) * 0.3;
+        if t.stop_sum.numel() == 0 {
+            base
+        } else {
+            // Weighted per row, so rows' stop terms do not enter the gradient alike.
+            let w = Tensor::arange(t.stop_sum.size()[0], K) * 0.25 + 0.5;
+            base + (&t.stop_sum * w).sum(Kind::Float)
+        }
     }
 
     struct Case {
@@ -391,11 +436,20 @@ mod tests {
             detach_positive,
             exclude: (k == 3).then_some(&excluded),
         };
+        // The stop guard on rows 2.. (k = 1 runs), with two stop ids in fp32. In bf16 one: with two,
+        // these random logits put up to 0.99999 of a position's mass on them, where
+        // -log(1 - q) magnifies bf16's rounding of the logits by 1 / (1 - q).
+        let stop_ids = Tensor::from_slice(if bf16 { &[4i64][..] } else { &[0i64, 4][..] });
+        let guard = StopGuard {
+            ids: &stop_ids,
+            from_row: 2,
+        };
+        let stop = (k == 1).then_some(&guard);
 
         let want = ac(&|| {
             let logits = hidden_of(&base, &w).linear(&w, None::<Tensor>);
             assert_eq!(logits.kind() == Kind::BFloat16, bf16);
-            seq_terms(&logits, &c.ids, &c.mask, Some(&cringe)).unwrap()
+            seq_terms(&logits, &c.ids, &c.mask, Some(&cringe), stop).unwrap()
         });
         let want_loss = loss_of(&want);
         want_loss.backward();
@@ -410,6 +464,7 @@ mod tests {
                     input_ids: &c.ids,
                     response_mask: &c.mask,
                     cringe: Some(&cringe),
+                    stop,
                 },
                 chunk,
             )
@@ -420,6 +475,7 @@ mod tests {
             ("logp_sum", &got.terms.logp_sum, &want.logp_sum),
             ("n_tokens", &got.terms.n_tokens, &want.n_tokens),
             ("cringe_sum", &got.terms.cringe_sum, &want.cringe_sum),
+            ("stop_sum", &got.terms.stop_sum, &want.stop_sum),
         ] {
             assert!(
                 a.allclose(&b.detach(), 1e-5, 1e-5, false),
@@ -465,13 +521,21 @@ mod tests {
         let c = case();
         let w = Tensor::randn([11, 5], K);
         let hidden = Tensor::randn([4, 7, 5], K);
-        let want = seq_terms(&hidden.linear(&w, None::<Tensor>), &c.ids, &c.mask, None).unwrap();
+        let want = seq_terms(
+            &hidden.linear(&w, None::<Tensor>),
+            &c.ids,
+            &c.mask,
+            None,
+            None,
+        )
+        .unwrap();
         let got = seq_terms_fused(&HeadInputs {
             hidden: &hidden,
             weight: &w,
             input_ids: &c.ids,
             response_mask: &c.mask,
             cringe: None,
+            stop: None,
         })
         .unwrap();
         assert!(got

@@ -16,7 +16,7 @@ mod tokens;
 pub use config::{Gate, MarginReduction, Objective, ObjectiveConfig};
 pub use fused::{seq_terms_fused, FusedTerms, HeadInputs};
 pub use stats::{StatSums, StepStats};
-pub use tokens::{seq_terms, CringeInputs, SeqTerms};
+pub use tokens::{seq_terms, CringeInputs, SeqTerms, StopGuard};
 
 use anyhow::{bail, Result};
 use serde::{Deserialize, Serialize};
@@ -165,22 +165,47 @@ pub fn lm_loss(
     } else {
         None
     };
-    let ce_chosen = slice(&ce, layout.chosen_start(), p);
-    let ce_pos = slice(&ce, layout.positives_start(), layout.positives);
+    // The stop guard joins each trained-toward row's cross-entropy, with the same per-token mean.
+    if cfg.stop_unlikelihood > 0.0 {
+        if terms.stop_sum.size() != [rows] {
+            bail!(
+                "stop-guard terms for {:?} rows, expected {rows}",
+                terms.stop_sum.size()
+            );
+        }
+        let ce_rows = rows - layout.chosen_start() as i64;
+        let guard = slice(
+            &(&terms.stop_sum / &n_tok),
+            layout.chosen_start(),
+            ce_rows as usize,
+        );
+        sums.stop = sum_f64(&guard);
+        sums.stop_n = ce_rows as f64;
+    }
+    let ce_term = if cfg.stop_unlikelihood > 0.0 {
+        &ce + &terms.stop_sum / &n_tok * cfg.stop_unlikelihood
+    } else {
+        ce.shallow_clone()
+    };
+    let ce_chosen = slice(&ce_term, layout.chosen_start(), p);
+    let ce_pos = slice(&ce_term, layout.positives_start(), layout.positives);
+    // Statistics report the cross-entropy alone, guard or not.
+    let ce_chosen_only = sum_f64(&slice(&ce, layout.chosen_start(), p));
+    let ce_pos_only = sum_f64(&slice(&ce, layout.positives_start(), layout.positives));
 
     let loss = match cfg.name {
         Objective::Sft => {
             if p != 0 || layout.negatives != 0 {
                 bail!("sft batches hold positives only (got {layout:?})");
             }
-            sums.ce = sum_f64(&ce_pos);
+            sums.ce = ce_pos_only;
             sums.ce_n = layout.positives as f64;
             ce_pos.sum(Kind::Float) / norms.ce_rows.max(1.0)
         }
         Objective::BinaryCringe => {
             let cr = cr.expect("cringe computed for binary-cringe; this is a bug");
             let ce_sum = ce_chosen.sum(Kind::Float) + ce_pos.sum(Kind::Float);
-            sums.ce = sum_f64(&ce_sum);
+            sums.ce = ce_chosen_only + ce_pos_only;
             sums.ce_n = (p + layout.positives) as f64;
             sums.add_margin(&margin, None);
             ce_sum / norms.ce_rows.max(1.0)
@@ -191,7 +216,7 @@ pub fn lm_loss(
             let g = gate(cfg, &margin);
             let cr_rejected = slice(&cr, 0, p);
             let cr_neg = slice(&cr, p, layout.negatives);
-            sums.ce = sum_f64(&ce_chosen) + sum_f64(&ce_pos);
+            sums.ce = ce_chosen_only + ce_pos_only;
             sums.ce_n = (p + layout.positives) as f64;
             sums.add_margin(&margin, Some(&g));
             let pair_loss = &ce_chosen + &g * &cr_rejected * cfg.alpha;

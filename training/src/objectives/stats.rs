@@ -25,6 +25,9 @@ pub struct StatSums {
     /// Summed sequence log-probs of chosen / rejected responses over `pairs` (LM objectives).
     pub chosen_logp: f64,
     pub rejected_logp: f64,
+    /// Sum and count of per-sequence stop-guard values (before its weight; guarded runs only).
+    pub stop: f64,
+    pub stop_n: f64,
 }
 
 fn sum_f64(t: &Tensor) -> f64 {
@@ -65,6 +68,8 @@ impl StatSums {
         self.correct += o.correct;
         self.chosen_logp += o.chosen_logp;
         self.rejected_logp += o.rejected_logp;
+        self.stop += o.stop;
+        self.stop_n += o.stop_n;
     }
 
     /// Means over examples; a field is `None` when no example of this batch has it.
@@ -93,6 +98,7 @@ impl StatSums {
                 None
             },
             accuracy: mean(self.correct, self.margin_n),
+            stop_unlikelihood: mean(self.stop, self.stop_n),
         }
     }
 }
@@ -116,4 +122,7 @@ pub struct StepStats {
     pub rejected_logp: Option<f64>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub accuracy: Option<f64>,
+    /// Mean per-sequence `-log(1 - p(stop))` of the guarded rows (`--stop-unlikelihood`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stop_unlikelihood: Option<f64>,
 }

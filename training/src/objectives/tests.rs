@@ -59,7 +59,7 @@ fn terms(inp: &Inputs, logits: &Tensor, k: i64, layout: &Layout) -> SeqTerms {
         detach_positive: false,
         exclude: None,
     };
-    seq_terms(logits, &inp.ids, &inp.mask, Some(&c)).unwrap()
+    seq_terms(logits, &inp.ids, &inp.mask, Some(&c), None).unwrap()
 }
 
 fn vec(t: &Tensor) -> Vec<f64> {
@@ -113,6 +113,71 @@ fn sequence_terms_match_reference() {
         assert_close(&vec(&t.n_tokens), &[4.0, 3.0, 3.0, 3.0, 4.0, 2.0], 0.0);
         assert_close(&vec(&t.cringe_sum), &cringe, 1e-5);
     }
+}
+
+/// The stop guard against a plain f64 loop over the same logits: for each row from `from_row`
+/// on and each position whose target is a summed, non-stop token, `-ln(1 - q)` with `q` the
+/// softmax mass of the stop ids.
+#[test]
+fn stop_guard_matches_a_token_loop() {
+    let inp = inputs();
+    let stop = [0i64, 2];
+    let ids_t = Tensor::from_slice(&stop);
+    let from_row = LAYOUT.chosen_start() as i64;
+    let g = StopGuard {
+        ids: &ids_t,
+        from_row,
+    };
+    let t = seq_terms(&inp.logits, &inp.ids, &inp.mask, None, Some(&g)).unwrap();
+    let logits = vec(&inp.logits.reshape([-1]));
+    let ids = Vec::<i64>::try_from(inp.ids.reshape([-1])).unwrap();
+    let mask = Vec::<i64>::try_from(inp.mask.reshape([-1])).unwrap();
+    let mut want = vec![0.0f64; R as usize];
+    for r in from_row..R {
+        for pos in 0..T - 1 {
+            let at = (r * T + pos + 1) as usize;
+            if mask[at] == 0 || stop.contains(&ids[at]) {
+                continue;
+            }
+            let z = &logits[((r * T + pos) * V) as usize..((r * T + pos + 1) * V) as usize];
+            let total: f64 = z.iter().map(|v| v.exp()).sum();
+            let q: f64 = stop.iter().map(|&s| z[s as usize].exp()).sum::<f64>() / total;
+            want[r as usize] -= (1.0 - q).ln();
+        }
+    }
+    assert!(
+        want[from_row as usize..].iter().all(|&v| v > 0.0),
+        "{want:?}"
+    );
+    assert_close(&vec(&t.stop_sum), &want, 1e-5);
+
+    // In the loss it is the guarded rows' per-token mean, times the weight, beside their ce.
+    let n = vec(&t.n_tokens);
+    let logp = vec(&t.logp_sum);
+    let mut c = cfg(Objective::Sft);
+    let sft_layout = Layout {
+        pairs: 0,
+        negatives: 0,
+        positives: 1,
+    };
+    let last = |x: &Tensor| x.narrow(0, R - 1, 1);
+    let one = SeqTerms {
+        logp_sum: last(&t.logp_sum),
+        n_tokens: last(&t.n_tokens),
+        cringe_sum: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+        stop_sum: last(&t.stop_sum),
+    };
+    c.stop_unlikelihood = 0.5;
+    let sft_norms = Normalizers::from_layout(&sft_layout);
+    let (loss, sums) = lm_loss(&c, &sft_layout, &one, None, &sft_norms).unwrap();
+    let r = (R - 1) as usize;
+    let want_loss = -logp[r] / n[r] + 0.5 * want[r] / n[r];
+    assert_close(&[loss.double_value(&[])], &[want_loss], 1e-5);
+    assert_close(
+        &[sums.ce, sums.stop],
+        &[-logp[r] / n[r], want[r] / n[r]],
+        1e-5,
+    );
 }
 
 // Equivalent python code (objective_values.py `losses`):
@@ -281,7 +346,7 @@ fn detached_positive_gets_no_gradient() {
             detach_positive: detach,
             exclude: None,
         };
-        let t = seq_terms(&x, &ids, &mask, Some(&c)).unwrap();
+        let t = seq_terms(&x, &ids, &mask, Some(&c), None).unwrap();
         x.zero_grad();
         t.cringe_sum.sum(Kind::Float).backward();
         // Positive entries of the gradient are the pushed-down targets (and the logsumexp has no
@@ -304,6 +369,7 @@ fn dpo_matches_reference_and_is_ln2_at_the_reference() {
         logp_sum: Tensor::from_slice(&[-2.0f32, -4.0, -3.0, -1.0]),
         n_tokens: Tensor::from_slice(&[2.0f32, 3.0, 2.0, 1.0]),
         cringe_sum: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
+        stop_sum: Tensor::zeros([0], (Kind::Float, Device::Cpu)),
     };
     let c = ObjectiveConfig {
         beta: 0.5,
@@ -418,7 +484,7 @@ fn excluded_ids_are_never_the_cringe_positive() {
             detach_positive: false,
             exclude: ex.as_ref(),
         };
-        let got = seq_terms(&logits, &ids, &mask, Some(&c))
+        let got = seq_terms(&logits, &ids, &mask, Some(&c), None)
             .unwrap()
             .cringe_sum
             .double_value(&[0]);

@@ -40,6 +40,30 @@ impl CringeInputs<'_> {
     }
 }
 
+/// The stop guard (`--stop-unlikelihood`): which ids end a response and from which row on the
+/// batch's rows are the ones trained toward (chosen responses and positives).
+pub struct StopGuard<'a> {
+    /// The EOS set, int64 on the logits' device.
+    pub ids: &'a Tensor,
+    /// Rows `from_row..` get the term (the layout's chosen block and positives).
+    pub from_row: i64,
+}
+
+/// `-log(1 - q)` for `log_q = log q` (per position), clamped below q = 1 so a position whose
+/// whole mass sits on the stop ids gives a large finite value, not infinity.
+pub(crate) fn stop_unlikelihood(log_q: &Tensor) -> Tensor {
+    -(-log_q.clamp_max(-1e-6).exp()).log1p()
+}
+
+/// 1.0 at the positions of `rows >= from_row` whose target is not itself a stop id (a response
+/// that really ends there is right to stop), else 0.0; `rows` and `targets` alike-shaped.
+pub(crate) fn stop_weight(rows: &Tensor, targets: &Tensor, g: &StopGuard) -> Tensor {
+    let is_stop = targets.unsqueeze(-1).eq_tensor(g.ids).any_dim(-1, false);
+    rows.ge(g.from_row)
+        .logical_and(&is_stop.logical_not())
+        .to_kind(Kind::Float)
+}
+
 /// Per-row sums over response tokens.
 #[derive(Debug)]
 pub struct SeqTerms {
@@ -49,6 +73,9 @@ pub struct SeqTerms {
     pub n_tokens: Tensor,
     /// `sum_t cr_t` for the first `cringe.rows` rows, `[rows]` float32 (empty without cringe).
     pub cringe_sum: Tensor,
+    /// `sum_t -log(1 - p(stop | y_<t))` over the guarded positions ([`StopGuard`]), `[R]` float32
+    /// (zero on the other rows; empty without the guard).
+    pub stop_sum: Tensor,
 }
 
 /// Compute [`SeqTerms`] from `[R, T, V]` logits, `[R, T]` ids and a `[R, T]` response mask (1 where
@@ -58,6 +85,7 @@ pub fn seq_terms(
     input_ids: &Tensor,
     response_mask: &Tensor,
     cringe: Option<&CringeInputs>,
+    stop: Option<&StopGuard>,
 ) -> Result<SeqTerms> {
     let (r, t, v) = logits.size3()?;
     if input_ids.size() != [r, t] || response_mask.size() != [r, t] {
@@ -80,7 +108,7 @@ pub fn seq_terms(
         .squeeze_dim(-1)
         .to_kind(Kind::Float);
     let lse = lg.to_kind(Kind::Float).logsumexp([-1i64].as_slice(), false);
-    let logp = (&target_logit - lse) * &mask;
+    let logp = (&target_logit - &lse) * &mask;
     let logp_sum = logp.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
     let n_tokens = mask.sum_dim_intlist([1i64].as_slice(), false, Kind::Float);
 
@@ -108,10 +136,26 @@ pub fn seq_terms(
             (cr * mask.narrow(0, 0, c.rows)).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
         }
     };
+    let stop_sum = match stop {
+        None => Tensor::zeros([0], (Kind::Float, logits.device())),
+        Some(g) => {
+            let lg32 = lg.to_kind(Kind::Float);
+            let log_q = lg32
+                .index_select(2, g.ids)
+                .logsumexp([-1i64].as_slice(), false)
+                - &lse;
+            let rows = Tensor::arange(r, (Kind::Int64, logits.device()))
+                .unsqueeze(1)
+                .expand([r, t - 1], false);
+            let w = stop_weight(&rows, &targets, g) * &mask;
+            (stop_unlikelihood(&log_q) * w).sum_dim_intlist([1i64].as_slice(), false, Kind::Float)
+        }
+    };
     Ok(SeqTerms {
         logp_sum,
         n_tokens,
         cringe_sum,
+        stop_sum,
     })
 }
 
