@@ -714,6 +714,10 @@ pub struct TrainMetrics {
     pub chosen_logp: Option<f64>,
     pub rejected_logp: Option<f64>,
     pub accuracy: Option<f64>,
+    /// Mean `-log(1 - p(stop))` of the guarded rows (`--stop-unlikelihood` runs only; absent in
+    /// files written before it existed).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stop_unlikelihood: Option<f64>,
     pub lr: f64,
     pub grad_norm: f64,
     pub tokens_per_s: f64,

@@ -37,6 +37,7 @@ pub fn metrics_line(s: &StepStats, info: &StepInfo) -> MetricsLine {
         chosen_logp: s.chosen_logp,
         rejected_logp: s.rejected_logp,
         accuracy: s.accuracy,
+        stop_unlikelihood: s.stop_unlikelihood,
         lr: info.lr,
         grad_norm: info.grad_norm,
         tokens_per_s: info.tokens as f64 / info.seconds.max(1e-9),
