@@ -352,32 +352,20 @@ fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn main() -> ExitCode {
-    tune_allocator();
     exports::cli::main_with(|| run(Cli::parse()))
 }
 
-/// Serve every allocation of 1 MiB or more (activations, gradients, optimizer temporaries) with
-/// its own `mmap`, returned to the kernel when freed, and trim the heap above 1 MiB.
+/// jemalloc as the allocator of the whole process: Rust's allocations through `#[global_allocator]`,
+/// libtorch's because the crate exports unprefixed `malloc`, `free` and `posix_memalign`, which the
+/// dynamic linker binds ahead of glibc's.
 ///
-/// Why: glibc raises its mmap threshold after each large free, up to 32 MiB, so after the first
-/// step libtorch's multi-megabyte activations come from the heap, whose freed holes stay resident;
-/// on `scripts/bench-train`'s step that fragmentation held 0.8–1.2 GB (peak RSS 4.4–4.6 GB, against
-/// 3.4–3.5 GB with this setting, at the same speed; a 128 KiB threshold saved 150 MB more but ran
-/// about 10 % slower, from page faults on many medium tensors). An explicit `MALLOC_MMAP_THRESHOLD_`
-/// or `MALLOC_TRIM_THRESHOLD_` in the environment wins (glibc reads them before `main`).
-fn tune_allocator() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        const THRESHOLD: libc::c_int = 1 << 20;
-        for (var, param) in [
-            ("MALLOC_MMAP_THRESHOLD_", libc::M_MMAP_THRESHOLD),
-            ("MALLOC_TRIM_THRESHOLD_", libc::M_TRIM_THRESHOLD),
-        ] {
-            if std::env::var_os(var).is_none() {
-                // SAFETY: mallopt only changes glibc's tuning parameters; called before any thread
-                // exists. A refusal (return 0) leaves glibc's defaults, which are correct too.
-                unsafe { libc::mallopt(param, THRESHOLD) };
-            }
-        }
-    }
-}
+/// Why: a training step allocates and frees about 3.7 GB of multi-megabyte activations and
+/// gradient temporaries (`scripts/bench-train`'s step: 8 × 128 tokens, SmolLM2-135M). glibc by
+/// default raises its mmap threshold after large frees and serves them from the heap, whose freed
+/// holes stay resident: peak RSS 4.3–4.7 GB with thresholds of 4–16 MiB against 3.45 GB at 1 MiB;
+/// at 1 MiB every such tensor is a fresh mapping, about 940 000 page faults a step. jemalloc reuses
+/// freed extents by size class and returns idle ones on a timer: about 780 000 faults a step at
+/// the same peak (3.35–3.47 GB). Measured in BENCHMARKS.md ("Training").
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
