@@ -364,8 +364,9 @@ fn main() -> ExitCode {
 /// default raises its mmap threshold after large frees and serves them from the heap, whose freed
 /// holes stay resident: peak RSS 4.3–4.7 GB with thresholds of 4–16 MiB against 3.45 GB at 1 MiB;
 /// at 1 MiB every such tensor is a fresh mapping, about 940 000 page faults a step. jemalloc reuses
-/// freed extents by size class and returns idle ones on a timer: about 780 000 faults a step at
-/// the same peak (3.35–3.47 GB). Measured in BENCHMARKS.md ("Training").
+/// freed extents by size class and returns idle ones on a timer: about 714 000 faults a step at
+/// the same peak (3.39–3.49 GB) and about 9 % more tokens/s. Measured in BENCHMARKS.md ("The
+/// allocator").
 #[cfg(all(target_os = "linux", target_env = "gnu"))]
 #[global_allocator]
 static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
