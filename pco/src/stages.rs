@@ -858,7 +858,7 @@ mod tests {
     fn a_setting_reaches_exactly_the_stages_it_affects() {
         let base = ["iterations=3"];
         assert_eq!(
-            changed(&base, &["iterations=3", "sample.temperature=0.7"]),
+            changed(&base, &["iterations=3", "sample.temperature=0.9"]),
             [
                 "pairwise-cringe-iter1-generate",
                 "pairwise-cringe-iter2-generate"

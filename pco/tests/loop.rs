@@ -125,7 +125,7 @@ fn three_iterations_rerun_nothing_and_a_setting_reruns_what_it_affects() {
     assert!(pco(&["--run", r]).is_empty());
 
     // A sampling setting: the stages before the first sampling are untouched.
-    let ran = pco(&["--run", r, "--set", "sample.temperature=0.7"]);
+    let ran = pco(&["--run", r, "--set", "sample.temperature=0.9"]);
     assert_eq!(
         ran.first().map(String::as_str),
         Some("pairwise-cringe-iter1-generate"),
@@ -133,7 +133,7 @@ fn three_iterations_rerun_nothing_and_a_setting_reruns_what_it_affects() {
     );
     assert!(ran.contains(&"pairwise-cringe-iter2-generate".to_string()));
     let toml = std::fs::read_to_string(run.join("run.toml")).unwrap();
-    assert!(toml.contains("temperature = 0.7"), "{toml}");
+    assert!(toml.contains("temperature = 0.9"), "{toml}");
     // A resource-only setting: nothing.
     assert!(pco(&["--run", r, "--set", "devices.generate_batch_size=2"]).is_empty());
 }
