@@ -1,9 +1,10 @@
 // Bake libtorch's folder into the binaries' rpath so they run without LD_LIBRARY_PATH.
 // torch-sys exports the folder to crates that depend on it directly (`links = "tch"`).
-// Also compile csrc/autocast.cpp (libtorch's per-device-type autocast switch, which tch lacks)
-// against the headers of that same libtorch (`<libtorch>/include` beside `<libtorch>/lib`).
+// Also compile csrc/ (what tch lacks: libtorch's per-device-type autocast switch, dropping a
+// gradient) against the headers of that same libtorch (`<libtorch>/include` beside `<libtorch>/lib`).
 fn main() {
     println!("cargo:rerun-if-changed=csrc/autocast.cpp");
+    println!("cargo:rerun-if-changed=csrc/grad.cpp");
     let lib = std::env::var("DEP_TCH_LIBTORCH_LIB")
         .expect("torch-sys did not report libtorch's folder (DEP_TCH_LIBTORCH_LIB)");
     println!("cargo:rustc-link-arg=-Wl,-rpath,{lib}");
@@ -14,8 +15,9 @@ fn main() {
     cc::Build::new()
         .cpp(true)
         .file("csrc/autocast.cpp")
+        .file("csrc/grad.cpp")
         .include(&include)
         .flag("-std=c++17")
         .flag("-w")
-        .compile("pco_autocast");
+        .compile("pco_csrc");
 }
