@@ -341,7 +341,7 @@ impl FusedTerms {
         if head_grad.defined() {
             let _ = head_grad.g_add_(&grad_weight.to_kind(head_grad.kind()));
         } else {
-            // A head that got no gradient yet (untied, first step): let autograd create it.
+            // An untied head has no gradient yet (AdamW drops them every step): let autograd create it.
             (&s.weight * grad_weight.to_kind(s.weight.kind()))
                 .sum(Kind::Float)
                 .backward();
