@@ -4,7 +4,11 @@
    and as MatMulInteger with each operand type pair (u8/s8 x u8/s8), with a check that the integer
    product is exact (on AVX2-only CPUs u8 x s8 with full-range s8 is not: vpmaddubsw saturates);
 2. per-row activation quantization to u8 (zero point 128) as Div -> Round -> Add -> Clip -> Cast
-   against one opset-21 blocked QuantizeLinear, with a check that both give the same bytes.
+   against one opset-21 blocked QuantizeLinear, with a check that both give the same bytes;
+3. the product with its scales as the export writes it (MatMulInteger u8 x s8 -> Cast -> Mul by
+   the column scales -> Mul by the row scales) against com.microsoft MatMulIntegerToFloat (a_scale
+   1, b_scale the column scales: Cast and the first Mul inside the kernel) -> Mul by the row
+   scales, with a check that both give the same floats.
 Python is a measuring tool here; the graph is written in Rust (exports/src/onnx/layers.rs).
 Usage: int8_kernels.py [--threads 2] [--reps 200]   Prints one line per kernel (microseconds).
 """
@@ -18,9 +22,10 @@ from onnx import TensorProto as T
 from onnx import helper, numpy_helper
 
 
-def session(nodes, inputs, inits, outputs, threads):
+def session(nodes, inputs, inits, outputs, threads, contrib=False):
     g = helper.make_graph(nodes, "g", inputs, [helper.make_tensor_value_info(o, t, None) for o, t in outputs], inits)
-    m = helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+    ops = [helper.make_opsetid("", 21)] + ([helper.make_opsetid("com.microsoft", 1)] if contrib else [])
+    m = helper.make_model(g, opset_imports=ops)
     m.ir_version = 10
     o = ort.SessionOptions()
     o.intra_op_num_threads = threads
@@ -74,6 +79,22 @@ def main():
         same = np.array_equal(chain.run(None, {"x": xv})[0], blocked.run(None, {"x": xv})[0])
         print(f"row quantization {list(shape)}: chain {bench(chain, {'x': xv}, a.reps):.1f} us, "
               f"blocked QuantizeLinear {bench(blocked, {'x': xv}, a.reps):.1f} us, same bytes {same}")
+    Bq = rng.integers(-63, 64, (K, N)).astype(np.int8)
+    inits = [numpy_helper.from_array(Bq, "b"), numpy_helper.from_array((rng.random(N) * 0.01).astype(np.float32), "cs"),
+             numpy_helper.from_array(np.array(128, np.uint8), "zp"), numpy_helper.from_array(np.array(1.0, np.float32), "one")]
+    tin = [helper.make_tensor_value_info("q", T.UINT8, [None, 1, K]), helper.make_tensor_value_info("rs", T.FLOAT, [None, 1, 1])]
+    plain = session([helper.make_node("MatMulInteger", ["q", "b", "zp"], ["i"]), helper.make_node("Cast", ["i"], ["f"], to=T.FLOAT),
+                     helper.make_node("Mul", ["f", "cs"], ["c"]), helper.make_node("Mul", ["c", "rs"], ["y"])],
+                    tin, inits[:3], [("y", T.FLOAT)], a.threads)
+    fused = session([helper.make_node("MatMulIntegerToFloat", ["q", "b", "one", "cs", "zp"], ["c"], domain="com.microsoft"),
+                     helper.make_node("Mul", ["c", "rs"], ["y"])], tin, inits, [("y", T.FLOAT)], a.threads, contrib=True)
+    alone = session([helper.make_node("MatMulInteger", ["q", "b", "zp"], ["i"])], tin[:1], [inits[0], inits[2]], [("i", T.INT32)], a.threads)
+    for m in (16, 64):
+        feed = {"q": rng.integers(0, 256, (m, 1, K)).astype(np.uint8), "rs": rng.random((m, 1, 1)).astype(np.float32)}
+        same = np.array_equal(plain.run(None, feed)[0], fused.run(None, feed)[0])
+        print(f"product with scales {m}x{K}x{N}: MatMulInteger alone {bench(alone, {'q': feed['q']}, a.reps):.1f} us, "
+              f"+ Cast + 2 Mul {bench(plain, feed, a.reps):.1f} us, MatMulIntegerToFloat + Mul "
+              f"{bench(fused, feed, a.reps):.1f} us, same floats {same}")
 
 
 if __name__ == "__main__":
