@@ -93,7 +93,7 @@ def main():
         feed = {"q": rng.integers(0, 256, (m, 1, K)).astype(np.uint8), "rs": rng.random((m, 1, 1)).astype(np.float32)}
         same = np.array_equal(plain.run(None, feed)[0], fused.run(None, feed)[0])
         print(f"product with scales {m}x{K}x{N}: MatMulInteger alone {bench(alone, {'q': feed['q']}, a.reps):.1f} us, "
-              f"+ Cast + 2 Mul {bench(plain, feed, a.reps):.1f} us, MatMulIntegerToFloat + Mul "
+              f"MatMulInteger + Cast + 2 Mul {bench(plain, feed, a.reps):.1f} us, MatMulIntegerToFloat + Mul "
               f"{bench(fused, feed, a.reps):.1f} us, same floats {same}")
 
 
