@@ -558,6 +558,8 @@ mod tests {
                 "--cringe-exclude-stop",
                 "--cringe-k",
                 "5",
+                "--stop-unlikelihood",
+                "10",
                 "--tau",
                 "5"
             ]
