@@ -544,7 +544,7 @@ mod tests {
         let (s, unknown) = Settings::load(None, &[], Path::new("/p")).unwrap();
         assert!(unknown.is_empty(), "{unknown:?}");
         assert_eq!(s.method, Method::PairwiseCringe);
-        assert_eq!(s.iterations, 2);
+        assert_eq!(s.iterations, 3);
         assert_eq!(s.reward, Reward::Repetition(3));
         assert_eq!(s.model, Path::new("/p/models/smollm2-135m-instruct"));
         assert_eq!(s.data.text_dir, Path::new("/p/data/sotu"));
@@ -587,11 +587,11 @@ mod tests {
     #[test]
     fn a_partial_file_merges_over_the_defaults_and_overrides_win() {
         let (s, unknown) = load_text(
-            "iterations = 3\nmethod = \"dpo\"\n[train]\nlr = 5e-5\n[mystery]\nx = 1\n",
+            "iterations = 4\nmethod = \"dpo\"\n[train]\nlr = 5e-5\n[mystery]\nx = 1\n",
             &["train.epochs=4", "reward=trained", "data.text_dir=/corpus"],
         )
         .unwrap();
-        assert_eq!(s.iterations, 3);
+        assert_eq!(s.iterations, 4);
         assert_eq!(s.method, Method::Dpo);
         assert_eq!(s.train.lr, 5e-5);
         assert_eq!(s.train.epochs, 4);
@@ -603,7 +603,7 @@ mod tests {
         assert_eq!(unknown, ["mystery"]);
         let again = parse_table(&s.to_toml(), "run.toml").unwrap();
         assert_eq!(again["mystery"]["x"].as_integer(), Some(1));
-        assert_eq!(again["iterations"].as_integer(), Some(3));
+        assert_eq!(again["iterations"].as_integer(), Some(4));
         // And run.toml read back gives the same settings.
         let s2 = Settings::from_table(again, Path::new("/root"), "run.toml").unwrap();
         assert_eq!(s2.train.epochs, 4);
