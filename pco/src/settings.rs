@@ -140,11 +140,36 @@ pub struct Train {
     pub seed: u64,
     pub later_steps: LaterSteps,
     pub save_every: u32,
+    /// `training fit --precision`; `auto` passes no flag (fp32 on CPU, bf16 on CUDA).
+    pub precision: TrainPrecision,
     /// LoRA rank of the iterations' fits; 0 trains the whole model.
     pub lora_r: u32,
     pub lora_alpha: f64,
     pub lora_dropout: f64,
     pub lora_targets: Vec<String>,
+}
+
+/// `train.precision`: the numeric precision of the iterations' fits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum TrainPrecision {
+    /// `training fit`'s own default: bf16 autocast on CUDA, fp32 on CPU.
+    Auto,
+    Fp32,
+    /// bf16 autocast on CPU too (fp32 weights, AdamW state and reductions).
+    Bf16,
+}
+
+impl TrainPrecision {
+    /// The flag's value, `None` for `auto` (no flag, so a run made before the setting existed
+    /// keeps its stage keys).
+    pub fn flag(self) -> Option<&'static str> {
+        match self {
+            TrainPrecision::Auto => None,
+            TrainPrecision::Fp32 => Some("fp32"),
+            TrainPrecision::Bf16 => Some("bf16"),
+        }
+    }
 }
 
 /// The optimizer steps of iterations after the first.

@@ -483,6 +483,9 @@ fn train_flags(st: &Settings) -> Vec<String> {
         "--device".into(),
         st.devices.train.clone(),
     ];
+    if let Some(p) = t.precision.flag() {
+        flags.extend(["--precision".into(), p.into()]);
+    }
     if t.lora_r > 0 {
         flags.extend([
             "--lora-r".into(),
@@ -871,6 +874,19 @@ mod tests {
                 "pairwise-cringe-iter2-fit",
                 "pairwise-cringe-iter3-fit"
             ]
+        );
+        // "auto" passes no flag; a precision changes exactly the fits.
+        assert_eq!(
+            changed(&base, &["iterations=3", "train.precision=\"bf16\""]),
+            [
+                "pairwise-cringe-iter1-fit",
+                "pairwise-cringe-iter2-fit",
+                "pairwise-cringe-iter3-fit"
+            ]
+        );
+        assert!(
+            changed(&base, &["iterations=3", "train.precision=\"auto\""]).is_empty(),
+            "auto is the default"
         );
         assert_eq!(
             changed(&base, &["iterations=3", "pref.require_repeat=2"]),
