@@ -32,6 +32,7 @@ enum Command {
     Eval(EvalArgs),
     Verify(VerifyArgs),
     Generate(engine::generate::cli::GenerateArgs),
+    KvScales(KvScalesArgs),
     Merge(engine::generate::cli::MergeArgs),
     /// Summarise a `scripts/pco` run folder: results.json, results.md and plots/*.png.
     Report {
@@ -177,6 +178,31 @@ enum ResponseArg {
     All,
 }
 
+/// Measure the static scales of an int8 KV cache on an fp32 export: each prompt prefilled alone,
+/// max |key| and |value| per layer, kv head and channel, / 127. For `exports onnx --kv-cache int8
+/// --kv-scales FILE`.
+#[derive(Args)]
+struct KvScalesArgs {
+    /// The fp32 `exports onnx` folder.
+    #[arg(long)]
+    model: PathBuf,
+    /// Calibration prompts (JSONL or Parquet prompt records, as `engine generate` reads them).
+    #[arg(long)]
+    prompts: PathBuf,
+    /// Where to write the scales (safetensors).
+    #[arg(long)]
+    out: PathBuf,
+    /// At most this many prompts, in file order.
+    #[arg(long, default_value_t = 64)]
+    limit: usize,
+    /// Intra-op threads (0: one per physical core).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+    /// ONNX Runtime library (default: ORT_DYLIB_PATH, then the project's .venv).
+    #[arg(long)]
+    ort_lib: Option<PathBuf>,
+}
+
 /// Repeat@n, F1 against each record's `reference`, and win rate against another generation file.
 #[derive(Args)]
 #[command(group(ArgGroup::new("scorer").args(["reward", "reward_model"]).requires("against")))]
@@ -270,6 +296,21 @@ fn run(cli: Cli) -> Result<()> {
                 r.tolerance,
                 r.compared
             );
+        }
+        Command::KvScales(args) => {
+            let rt = engine::runtime::Runtime::shared(args.ort_lib.as_deref())?;
+            let cfg = engine::kv_scales::KvScalesConfig {
+                model: args.model,
+                prompts: args.prompts,
+                out: args.out,
+                limit: args.limit,
+                session: SessionOptions {
+                    threads: args.threads,
+                    ..SessionOptions::default()
+                },
+            };
+            let summary = engine::kv_scales::run(rt, &cfg)?;
+            eprintln!("{summary}: {}", cfg.out.display());
         }
         Command::Label(args) => {
             let summary = engine::label::run(&args.into_config())?;

@@ -357,6 +357,14 @@ impl PastKv {
     pub fn batch(&self) -> usize {
         self.batch
     }
+
+    /// Layer `layer`'s keys and values, f32 `[batch, kv_heads, len, head_dim]` row-major (an
+    /// fp32 cache only).
+    pub fn layer_f32(&self, layer: usize) -> Result<(&[f32], &[f32])> {
+        let (_, k) = self.keys[layer].try_extract_tensor::<f32>()?;
+        let (_, v) = self.values[layer].try_extract_tensor::<f32>()?;
+        Ok((k, v))
+    }
 }
 
 /// Row-major logits `[batch, seq, vocab]` (f32).

@@ -2,6 +2,8 @@
 
 mod generate_common;
 
+use std::path::Path;
+
 use engine::session::{DecoderSession, SessionOptions};
 use exports::records::FinishReason;
 use exports::{TokenId, Tokenizer};
@@ -200,15 +202,25 @@ fn auto_batch_size_follows_the_memory_budget_and_gives_the_fixed_bytes() {
 #[test]
 fn int8_output_bytes_do_not_depend_on_batch_size_or_threads() {
     // int8 activations are quantized per row, so a row's logits do not depend on the rows it
-    // shares a batch with; one range per tensor (DynamicQuantizeLinear) would fail this.
+    // shares a batch with; one range per tensor (DynamicQuantizeLinear) would fail this. The same
+    // with an int8 KV cache too: its scales are static, so a row's cached values are its own.
     let m = models(12);
-    let int8 = int8_export(&m);
     let prompts_path = m.dir.path().join("prompts.jsonl");
     write_prompts(&prompts_path, &prompts(9));
+    for int8 in [int8_export(&m), int8_kv8_export(&m, &prompts_path)] {
+        int8_bytes_are_batch_invariant(&m, &int8, &prompts_path);
+    }
+}
+
+fn int8_bytes_are_batch_invariant(m: &Models, int8: &Path, prompts_path: &Path) {
+    let name = int8.file_name().unwrap().to_string_lossy();
     let mut outputs = Vec::new();
     for (batch, threads) in [(1, 1), (16, 2), (5, 1), (5, 2)] {
-        let out = m.dir.path().join(format!("int8-b{batch}-t{threads}.jsonl"));
-        let mut c = config(&int8, &prompts_path, &out);
+        let out = m
+            .dir
+            .path()
+            .join(format!("{name}-b{batch}-t{threads}.jsonl"));
+        let mut c = config(int8, prompts_path, &out);
         sampling(&mut c);
         c.batch_size = batch.into();
         c.threads = Some(threads);
@@ -218,14 +230,14 @@ fn int8_output_bytes_do_not_depend_on_batch_size_or_threads() {
     for o in &outputs[1..] {
         assert_eq!(
             o, &outputs[0],
-            "int8 output differs between batch sizes or threads"
+            "{name}: output differs between batch sizes or threads"
         );
     }
     // One sample per prompt: batched (right-padded) prefill equals one prompt at a time.
     let mut greedy_out = Vec::new();
     for batch in [1, 16] {
-        let out = m.dir.path().join(format!("int8-greedy-b{batch}.jsonl"));
-        let mut c = config(&int8, &prompts_path, &out);
+        let out = m.dir.path().join(format!("{name}-greedy-b{batch}.jsonl"));
+        let mut c = config(int8, prompts_path, &out);
         greedy(&mut c);
         c.timings = false;
         c.batch_size = batch.into();
@@ -234,7 +246,7 @@ fn int8_output_bytes_do_not_depend_on_batch_size_or_threads() {
     }
     assert_eq!(
         greedy_out[0], greedy_out[1],
-        "int8 batched prefill changed the output"
+        "{name}: batched prefill changed the output"
     );
 }
 

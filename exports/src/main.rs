@@ -124,10 +124,24 @@ struct OnnxArgs {
     /// the batch); float keeps them in --dtype.
     #[arg(long, value_enum, default_value = "float")]
     weights: WeightsArg,
+    /// int8 keeps the KV cache in int8 (ONNX Runtime's quantized GroupQueryAttention cache, a
+    /// quarter of fp32's bytes) with the static per-channel scales of --kv-scales; float keeps it
+    /// in --dtype.
+    #[arg(long, value_enum, default_value = "float")]
+    kv_cache: KvCacheArg,
+    /// The int8 cache's scales, as `engine kv-scales` writes them (safetensors).
+    #[arg(long, value_name = "FILE")]
+    kv_scales: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
 enum WeightsArg {
+    Float,
+    Int8,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KvCacheArg {
     Float,
     Int8,
 }
@@ -256,6 +270,19 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 WeightsArg::Float => exports::onnx::WeightFormat::Float,
                 WeightsArg::Int8 => exports::onnx::WeightFormat::Int8,
             };
+            cfg.kv_cache = match (a.kv_cache, &a.kv_scales) {
+                (KvCacheArg::Float, None) => exports::onnx::KvCache::Float,
+                (KvCacheArg::Float, Some(_)) => {
+                    anyhow::bail!("--kv-scales goes with --kv-cache int8")
+                }
+                (KvCacheArg::Int8, None) => anyhow::bail!(
+                    "--kv-cache int8 needs --kv-scales FILE (written by `engine kv-scales` from the fp32 graph)"
+                ),
+                (KvCacheArg::Int8, Some(file)) => {
+                    let model = exports::ModelConfig::load(&a.model)?;
+                    exports::onnx::KvCache::Int8(exports::onnx::KvScales::read(file, &model)?)
+                }
+            };
             cfg.fusions = a.fusions.map(|list| exports::onnx::Fusions {
                 packed_qkv: list.contains(&FusionArg::PackedQkv),
                 skip_norm: list.contains(&FusionArg::SkipNorm),
@@ -264,12 +291,13 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             let s = exports::onnx::export(&cfg)
                 .with_context(|| format!("exporting {}", a.model.display()))?;
             println!(
-                "wrote {} ({} flavor, {:?}, {:?}, {} weights, {} nodes, {:.1} MB of weights): {}",
+                "wrote {} ({} flavor, {:?}, {:?}, {} weights, {} KV cache, {} nodes, {:.1} MB of weights): {}",
                 s.out.display(),
                 s.flavor.as_str(),
                 s.fusions,
                 s.dtype,
                 s.weights.as_str(),
+                s.kv_cache,
                 s.nodes,
                 s.weight_bytes as f64 / 1e6,
                 s.files.join(", ")

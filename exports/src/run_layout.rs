@@ -174,9 +174,14 @@ impl IterLayout {
     pub fn onnx(&self) -> PathBuf {
         self.dir.join("onnx")
     }
-    /// The int8 export new pairs are sampled from when `sample.weights = "int8"`.
+    /// The quantized export new pairs are sampled from when `sample.weights = "int8"` or
+    /// `sample.kv_cache = "int8"`.
     pub fn onnx_int8(&self) -> PathBuf {
         self.dir.join("onnx-int8")
+    }
+    /// The int8 KV cache's scales, measured on [`Self::onnx`] (`engine kv-scales`).
+    pub fn kv_scales(&self) -> PathBuf {
+        self.dir.join("kv-scales.safetensors")
     }
     pub fn eval(&self) -> EvalLayout {
         EvalLayout {

@@ -185,7 +185,7 @@ impl Backend {
     pub fn kv_bytes_per_token(io: &GraphIo) -> Result<u64> {
         let Some(elem) = super::device::element_bytes(io.kv_type) else {
             bail!(
-                "a {:?} KV cache: the engine keeps fp32, fp16 or bf16 caches",
+                "a {:?} KV cache: the engine keeps fp32, fp16, bf16 or int8 caches",
                 io.kv_type
             );
         };
@@ -213,15 +213,21 @@ impl Backend {
             (_, None) => bail!("{model}: `logits` has no fixed vocabulary size"),
             (_, Some(v)) => v,
         };
-        let float = [
-            TensorElementType::Float32,
-            TensorElementType::Float16,
-            TensorElementType::Bfloat16,
-        ];
-        if !float.contains(&io.kv_type) {
+        // An int8 cache is GroupQueryAttention's quantized one (it quantizes new K/V itself with
+        // the graph's static scales), so only the shared form can hold it.
+        let cache_ok = match io.kv_type {
+            TensorElementType::Float32
+            | TensorElementType::Float16
+            | TensorElementType::Bfloat16 => true,
+            TensorElementType::Int8 => io.form == CacheForm::SharedKv,
+            _ => false,
+        };
+        if !cache_ok {
             bail!(
-                "{model}: the cache is {:?}; generation runs fp32, fp16 or bf16 graphs",
-                io.kv_type
+                "{model}: the cache is {:?} ({:?} form); generation runs fp32, fp16 or bf16 caches, \
+                 or an int8 GroupQueryAttention cache",
+                io.kv_type,
+                io.form
             );
         }
         let mut input_names = vec![c"input_ids".to_owned(), c"attention_mask".to_owned()];

@@ -73,6 +73,8 @@ pub fn element_bytes(elem: TensorElementType) -> Option<usize> {
     match elem {
         TensorElementType::Float32 => Some(4),
         TensorElementType::Float16 | TensorElementType::Bfloat16 => Some(2),
+        // ONNX Runtime's quantized GroupQueryAttention cache (`k_quant_type`, 8 bits).
+        TensorElementType::Int8 => Some(1),
         TensorElementType::Int64 => Some(8),
         _ => None,
     }

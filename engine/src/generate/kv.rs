@@ -17,11 +17,12 @@ pub struct SlotCache {
     pub kv_heads: usize,
     pub head_dim: usize,
     pub capacity: usize,
-    /// The graph's cache type (fp32, or fp16/bf16 for half-precision exports).
+    /// The graph's cache type (fp32, fp16/bf16 for half-precision exports, int8 for a quantized
+    /// GroupQueryAttention cache).
     pub elem: TensorElementType,
     /// Bytes per element. Buffers and moves count 4-byte units (copies do not care about the
-    /// type); every offset is a multiple of `head_dim`, which is even, so half-precision offsets
-    /// fall on whole units.
+    /// type); every offset is a multiple of `head_dim`, which the constructor checks is a multiple
+    /// of `4 / esize`, so narrow offsets fall on whole units.
     esize: usize,
 }
 
@@ -43,10 +44,13 @@ impl SlotCache {
         elem: TensorElementType,
     ) -> Result<Self> {
         let Some(esize) = element_bytes(elem) else {
-            bail!("a {elem:?} KV cache: the engine keeps fp32, fp16 or bf16 caches");
+            bail!("a {elem:?} KV cache: the engine keeps fp32, fp16, bf16 or int8 caches");
         };
-        if esize < 4 && !head_dim.is_multiple_of(2) {
-            bail!("a half-precision KV cache needs an even head_dim, got {head_dim}");
+        if !head_dim.is_multiple_of(4 / esize) {
+            bail!(
+                "a {esize}-byte KV cache needs head_dim to be a multiple of {}, got {head_dim}",
+                4 / esize
+            );
         }
         let mut c = SlotCache {
             bufs: Vec::new(),

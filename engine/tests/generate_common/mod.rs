@@ -62,6 +62,30 @@ pub fn int8_export(m: &Models) -> PathBuf {
     out
 }
 
+/// The int8 graph of `m` with an int8 KV cache too, its scales measured on the fp32 ort graph
+/// over `prompts` (`engine kv-scales`, then `exports onnx --kv-cache int8`).
+pub fn int8_kv8_export(m: &Models, prompts: &Path) -> PathBuf {
+    let scales = m.dir.path().join("kv-scales.safetensors");
+    let cfg = engine::kv_scales::KvScalesConfig {
+        model: m.ort.clone(),
+        prompts: prompts.to_path_buf(),
+        out: scales.clone(),
+        limit: 64,
+        session: Default::default(),
+    };
+    engine::kv_scales::run(runtime(), &cfg).unwrap();
+    let out = m.dir.path().join("ort-int8-kv8");
+    let mut e = OnnxExportConfig::new(&m.hf, &out);
+    e.flavor = Some(Flavor::Ort);
+    e.last_logits_only = true;
+    e.weights = exports::onnx::WeightFormat::Int8;
+    let model = exports::ModelConfig::load(&m.hf).unwrap();
+    e.kv_cache =
+        exports::onnx::KvCache::Int8(exports::onnx::KvScales::read(&scales, &model).unwrap());
+    export(&e).unwrap();
+    out
+}
+
 /// Prompts of varied lengths, text and chat.
 pub fn prompts(n: usize) -> Vec<PromptRecord> {
     let texts = [

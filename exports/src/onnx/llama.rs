@@ -19,6 +19,7 @@
 //! The `ort` flavor is all three.
 
 use super::builder::{Elem, GraphBuilder, Model, Value};
+use super::kv_scales::KvScales;
 use super::layers::{self, AttentionCtx, DecoderInputs, HeadKind, LinearWeight, Weights};
 use super::quant::WeightFormat;
 use super::Flavor;
@@ -51,12 +52,14 @@ impl Fusions {
 }
 
 /// What to build.
-pub struct LlamaSpec {
+pub struct LlamaSpec<'a> {
     pub fusions: Fusions,
     pub elem: Elem,
     pub head: HeadKind,
     /// Projections and LM head (the embeddings, norms, biases and a reward head stay `elem`).
     pub weights: WeightFormat,
+    /// An int8 KV cache with these scales (GroupQueryAttention only); `None`: the cache is `elem`.
+    pub kv_scales: Option<&'a KvScales>,
 }
 
 struct Ctx<'a> {
@@ -196,7 +199,12 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
     };
     let f = spec.fusions;
     let mut g = GraphBuilder::new();
-    let inputs = layers::decoder_inputs(&mut g, cfg, spec.elem, !f.gqa);
+    let kv_elem = if spec.kv_scales.is_some() {
+        Elem::I8
+    } else {
+        spec.elem
+    };
+    let inputs = layers::decoder_inputs(&mut g, cfg, kv_elem, !f.gqa);
     let x = ctx.embed(&mut g, &inputs)?;
     let attn = if f.gqa {
         Attn::Gqa(gqa_inputs(&mut g, &ctx, &inputs))
@@ -280,7 +288,22 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
                         qkv[i] = g.reshape(&normed, &[0, -1, width as i64]);
                     }
                 }
-                gqa(&mut g, cfg, &qkv, past, gi, !cfg.nope_layers.contains(&l))
+                let scales = spec.kv_scales.map(|s| {
+                    let shape = [nkv, 1, hd];
+                    [("k_scale", &s.key[l]), ("v_scale", &s.value[l])].map(|(name, v)| {
+                        let name = format!("model.layers.{l}.attn.{name}");
+                        g.weight_f32(&name, Elem::F32, &shape, v)
+                    })
+                });
+                gqa(
+                    &mut g,
+                    cfg,
+                    &qkv,
+                    past,
+                    gi,
+                    !cfg.nope_layers.contains(&l),
+                    scales.as_ref(),
+                )
             }
             Attn::Portable(pc) => {
                 let mut q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
@@ -444,7 +467,9 @@ fn gqa_inputs(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> GqaInp
     }
 }
 
-/// com.microsoft `GroupQueryAttention` on packed QKV (one value) or separate Q, K, V.
+/// com.microsoft `GroupQueryAttention` on packed QKV (one value) or separate Q, K, V; with
+/// `kv_scales` (`[kv_heads, 1, head_dim]` for K and V) the cache is int8, quantized per channel
+/// by the kernel itself (after rotary).
 fn gqa(
     g: &mut GraphBuilder,
     cfg: &ModelConfig,
@@ -452,6 +477,7 @@ fn gqa(
     past: [&Value; 2],
     gi: &GqaInputs,
     rotary: bool,
+    kv_scales: Option<&[Value; 2]>,
 ) -> layers::AttentionOut {
     let mut op = g.op("GroupQueryAttention", &[&qkv[0]]).domain(MS);
     op = match qkv {
@@ -467,6 +493,21 @@ fn gqa(
     if rotary {
         op = op.input(&gi.cos).input(&gi.sin);
     }
+    if let Some([ks, vs]) = kv_scales {
+        if !rotary {
+            op = op.skip_input().skip_input();
+        }
+        // position_ids, attention_bias and head_sink stay empty; k_scale and v_scale follow.
+        op = op
+            .skip_input()
+            .skip_input()
+            .skip_input()
+            .input(ks)
+            .input(vs)
+            .attr("k_quant_type", "PER_CHANNEL")
+            .attr("v_quant_type", "PER_CHANNEL")
+            .attr("kv_cache_bit_width", 8i64);
+    }
     let mut outs = op
         .attr("num_heads", cfg.num_attention_heads as i64)
         .attr("kv_num_heads", cfg.num_key_value_heads as i64)
@@ -480,8 +521,12 @@ fn gqa(
         .attr("do_rotary", i64::from(rotary))
         .attr("rotary_interleaved", 0i64)
         .build_n(3);
-    let present_value = outs.pop().expect("three outputs");
-    let present_key = outs.pop().expect("three outputs");
+    let mut present_value = outs.pop().expect("three outputs");
+    let mut present_key = outs.pop().expect("three outputs");
+    if kv_scales.is_some() {
+        present_key.elem = Elem::I8;
+        present_value.elem = Elem::I8;
+    }
     layers::AttentionOut {
         out: outs.pop().expect("three outputs"),
         present_key,

@@ -16,6 +16,7 @@
 mod builder;
 mod genai_config;
 mod gpt2;
+pub mod kv_scales;
 mod layers;
 mod llama;
 mod proto;
@@ -24,6 +25,7 @@ pub mod quant;
 use std::path::{Path, PathBuf};
 
 pub use builder::Elem;
+pub use kv_scales::{KvCache, KvScales};
 pub use layers::HeadKind;
 pub use llama::Fusions;
 pub use quant::WeightFormat;
@@ -79,6 +81,8 @@ pub struct OnnxExportConfig {
     pub adapter: Option<PathBuf>,
     /// Llama family, f32 only: int8 projections and LM head (`--weights int8`).
     pub weights: WeightFormat,
+    /// GroupQueryAttention graphs: the cache in int8 with static scales (`--kv-cache int8`).
+    pub kv_cache: KvCache,
 }
 
 impl OnnxExportConfig {
@@ -93,6 +97,7 @@ impl OnnxExportConfig {
             fusions: None,
             adapter: None,
             weights: WeightFormat::Float,
+            kv_cache: KvCache::Float,
         }
     }
 }
@@ -105,6 +110,8 @@ pub struct ExportSummary {
     pub fusions: Fusions,
     pub dtype: Elem,
     pub weights: WeightFormat,
+    /// `float` or `int8`.
+    pub kv_cache: &'static str,
     pub nodes: usize,
     pub weight_bytes: usize,
     pub files: Vec<String>,
@@ -184,12 +191,41 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
             model.head_dim
         )));
     }
+    let kv_scales = match &cfg.kv_cache {
+        KvCache::Float => None,
+        KvCache::Int8(s) => {
+            // Only GroupQueryAttention quantizes new keys and values into an int8 cache.
+            if !fusions.gqa {
+                return Err(Error::Invalid(
+                    "--kv-cache int8 needs the GroupQueryAttention graph (--flavor ort)".into(),
+                ));
+            }
+            let want = (
+                model.num_hidden_layers,
+                model.num_key_value_heads,
+                model.head_dim,
+            );
+            if (s.layers(), s.kv_heads, s.head_dim) != want {
+                return Err(Error::Invalid(format!(
+                    "--kv-scales are for {} layers × {} kv heads × head_dim {}, the model has {} × {} × {}",
+                    s.layers(),
+                    s.kv_heads,
+                    s.head_dim,
+                    want.0,
+                    want.1,
+                    want.2
+                )));
+            }
+            Some(s)
+        }
+    };
     let graph = if model.model_type.is_llama_family() {
         let spec = llama::LlamaSpec {
             fusions,
             elem: cfg.dtype,
             head,
             weights: cfg.weights,
+            kv_scales,
         };
         llama::build(&model, &ckpt, &spec)?
     } else {
@@ -227,6 +263,7 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         fusions,
         dtype: cfg.dtype,
         weights: cfg.weights,
+        kv_cache: cfg.kv_cache.as_str(),
         nodes,
         weight_bytes,
         files,
