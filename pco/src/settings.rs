@@ -101,6 +101,16 @@ pub struct Sample {
     pub top_k: u32,
     pub min_new_tokens: u32,
     pub weights: SampleWeights,
+    pub kv_cache: SampleKvCache,
+}
+
+/// `sample.kv_cache`: the sampling graph's KV cache.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum SampleKvCache {
+    Float,
+    /// int8 with scales measured on the fp32 export over the unlabeled prompts.
+    Int8,
 }
 
 /// `sample.weights`: the graph new pairs are sampled from.

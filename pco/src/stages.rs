@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 
 use exports::run_layout::{IterLayout, RunLayout};
 
-use crate::settings::{LaterSteps, NewPairs, Reward, SampleWeights, Settings};
+use crate::settings::{LaterSteps, NewPairs, Reward, SampleKvCache, SampleWeights, Settings};
 
 /// A program of the workspace that a stage runs; its file's hash is part of the stage key, so a
 /// rebuilt binary reruns what it computes.
@@ -536,33 +536,76 @@ fn fit_stage(st: &Settings, run: &RunLayout, it: &IterLayout) -> Stage {
 fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage> {
     let sm = &st.sample;
     let mut out = vec![];
-    let sampler = match sm.weights {
-        SampleWeights::Float => it.onnx(),
-        SampleWeights::Int8 => {
+    let sampler = if sm.weights == SampleWeights::Float && sm.kv_cache == SampleKvCache::Float {
+        it.onnx()
+    } else {
+        let weights = match sm.weights {
+            SampleWeights::Float => "float",
+            SampleWeights::Int8 => "int8",
+        };
+        let mut flags: Vec<String> = vec![
+            "--last-logits-only".into(),
+            "--weights".into(),
+            weights.into(),
+        ];
+        let mut inputs = vec![it.final_model()];
+        let mut scales_flag = vec![];
+        if sm.kv_cache == SampleKvCache::Int8 {
+            // The scales cover what the fp32 model produces on the very prompts it will sample.
+            let unlabeled = run.split("unlabeled");
+            let mut a = vec![
+                "kv-scales".into(),
+                "--model".into(),
+                s(&it.onnx()),
+                "--prompts".into(),
+                s(&unlabeled),
+                "--out".into(),
+                s(&it.kv_scales()),
+            ];
+            if st.devices.threads > 0 {
+                a.extend(["--threads".into(), st.devices.threads.to_string()]);
+            }
             out.push(Stage {
-                name: format!("{}-export-int8", it.stage_prefix()),
-                settings: "onnx --last-logits-only --weights int8".into(),
-                inputs: vec![it.final_model()],
-                bins: vec![Bin::Exports],
-                outputs: vec![it.onnx_int8()],
+                name: format!("{}-kv-scales", it.stage_prefix()),
+                settings: "kv-scales --limit 64".into(),
+                inputs: vec![it.onnx(), unlabeled],
+                bins: vec![Bin::Engine],
+                outputs: vec![it.kv_scales()],
                 work: Work::Commands(vec![Cmd {
-                    bin: Bin::Exports,
-                    args: vec![
-                        "onnx".into(),
-                        "--model".into(),
-                        s(&it.final_model()),
-                        "--out".into(),
-                        s(&it.onnx_int8()),
-                        "--last-logits-only".into(),
-                        "--weights".into(),
-                        "int8".into(),
-                    ],
+                    bin: Bin::Engine,
+                    args: a,
                     stdout: None,
                 }]),
-                resource: Resource::Light,
+                resource: Resource::Infer,
             });
-            it.onnx_int8()
+            flags.extend(["--kv-cache".into(), "int8".into()]);
+            // The scales file is an input (its contents are keyed), not a setting.
+            scales_flag = vec!["--kv-scales".into(), s(&it.kv_scales())];
+            inputs.push(it.kv_scales());
         }
+        let mut args = vec![
+            "onnx".into(),
+            "--model".into(),
+            s(&it.final_model()),
+            "--out".into(),
+            s(&it.onnx_int8()),
+        ];
+        args.extend(flags.iter().cloned());
+        args.extend(scales_flag);
+        out.push(Stage {
+            name: format!("{}-export-int8", it.stage_prefix()),
+            settings: format!("onnx {}", flags.join(" ")),
+            inputs,
+            bins: vec![Bin::Exports],
+            outputs: vec![it.onnx_int8()],
+            work: Work::Commands(vec![Cmd {
+                bin: Bin::Exports,
+                args,
+                stdout: None,
+            }]),
+            resource: Resource::Light,
+        });
+        it.onnx_int8()
     };
     let gen = generate_stage(
         st,
@@ -1006,6 +1049,57 @@ mod tests {
         // One int8 export for each model that samples: those of iterations 1 to N-1.
         let sampling_models = settings(&[]).iterations as usize - 1;
         assert_eq!(names(&plan).len(), names(&float).len() + sampling_models);
+    }
+
+    #[test]
+    fn an_int8_kv_cache_measures_its_scales_on_the_fp32_graph_before_the_export() {
+        let plan = plan_of(&["sample.weights=\"int8\"", "sample.kv_cache=\"int8\""]);
+        let scales = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-kv-scales")
+            .expect("a kv-scales stage");
+        assert_eq!(
+            scales.inputs,
+            [
+                PathBuf::from("/r/pairwise-cringe/iter1/onnx"),
+                PathBuf::from("/r/data/unlabeled.jsonl")
+            ]
+        );
+        let export = plan
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-export-int8")
+            .unwrap();
+        let Work::Commands(cmds) = &export.work else {
+            panic!("the export runs a command")
+        };
+        let args = cmds[0].args.join(" ");
+        assert!(
+            args.ends_with(
+                "--weights int8 --kv-cache int8 --kv-scales /r/pairwise-cringe/iter1/kv-scales.safetensors"
+            ),
+            "{args}"
+        );
+        // The key holds the setting, not the path; the file's contents come in as an input.
+        assert_eq!(
+            export.settings,
+            "onnx --last-logits-only --weights int8 --kv-cache int8"
+        );
+        let deps: Vec<&str> = dependencies(export, &plan)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect();
+        assert!(
+            deps.contains(&"pairwise-cringe-iter1-kv-scales"),
+            "{deps:?}"
+        );
+        // Int8 weights alone keep the key they had before the setting existed.
+        let int8 = plan_of(&["sample.weights=\"int8\""]);
+        let before = int8
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-export-int8")
+            .unwrap();
+        assert_eq!(before.settings, "onnx --last-logits-only --weights int8");
+        assert!(!names(&int8).iter().any(|n| n.ends_with("-kv-scales")));
     }
 
     #[test]
