@@ -9,7 +9,9 @@ calibration prompts), then
   * speed: the decode step at batch B with P cached positions, shared past/present buffers bound in
     place (the engine's form), the three graphs alternating.
 Usage: kv8_cache.py FP32_DIR INT8_DIR CONTEXTS.jsonl [--calib 16] [--test 8] [--tokens 32]
-       [--batch 64] [--past 200] [--rounds 5] [--steps 5] [--threads 2]
+       [--batch 64] [--past 200] [--rounds 5] [--steps 5] [--threads 2] [--save DIR]
+--save DIR also writes the rewritten graph as a model folder (INT8_DIR's other files copied) that
+`engine generate` runs, for the real job; --skip-quality / --skip-speed leave those parts out.
 """
 import argparse, json, os, statistics, sys, tempfile, time
 import numpy as np, onnx, onnxruntime as ort
@@ -119,6 +121,8 @@ def main():
     ap.add_argument("--tokens", type=int, default=32); ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--past", type=int, default=200); ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--steps", type=int, default=5); ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--save"); ap.add_argument("--skip-quality", action="store_true")
+    ap.add_argument("--skip-speed", action="store_true")
     a = ap.parse_args()
     tok = Tokenizer.from_file(os.path.join(a.fp32, "tokenizer.json"))
     rows = [json.loads(l) for l in open(a.contexts)]
@@ -128,10 +132,21 @@ def main():
     fp32 = session(os.path.join(a.fp32, "model.onnx"), a.threads)
     int8 = session(os.path.join(a.int8, "model.onnx"), a.threads)
     scales = calibrate(fp32, calib)
-    out = rewrite(a.int8, scales, os.path.join(tempfile.mkdtemp(prefix="kv8."), "model.onnx"))
+    dest = a.save or tempfile.mkdtemp(prefix="kv8.")
+    if a.save:
+        import shutil
+        os.makedirs(dest, exist_ok=True)
+        for f in os.listdir(a.int8):
+            if not f.startswith("model.onnx"):
+                shutil.copy(os.path.join(a.int8, f), dest)
+    out = rewrite(a.int8, scales, os.path.join(dest, "model.onnx"))
     kv8 = session(out, a.threads)
-    q = quality(fp32, {"int8": (int8, np.float32), "int8 + int8 cache": (kv8, np.int8)}, test, a.tokens)
+    if a.skip_quality and a.skip_speed:
+        return
+    q = {} if a.skip_quality else quality(fp32, {"int8": (int8, np.float32), "int8 + int8 cache": (kv8, np.int8)}, test, a.tokens)
     print(json.dumps({"quality": q}), flush=True)
+    if a.skip_speed:
+        return
     t = speed({"fp32": (fp32, np.float32), "int8": (int8, np.float32), "int8 + int8 cache": (kv8, np.int8)},
               a.batch, a.past, a.rounds, a.steps)
     base = statistics.median(t["fp32"])
