@@ -561,6 +561,8 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
                 s(&unlabeled),
                 "--out".into(),
                 s(&it.kv_scales()),
+                "--limit".into(),
+                "64".into(),
             ];
             if st.devices.threads > 0 {
                 a.extend(["--threads".into(), st.devices.threads.to_string()]);
