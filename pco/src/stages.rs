@@ -805,6 +805,14 @@ mod tests {
         Settings::load(None, &o, Path::new("/p")).unwrap().0
     }
 
+    /// The names of the stages `stage` depends on in `plan`.
+    fn dependency_names<'a>(stage: &Stage, plan: &'a [Stage]) -> Vec<&'a str> {
+        dependencies(stage, plan)
+            .iter()
+            .map(|s| s.name.as_str())
+            .collect()
+    }
+
     fn names(plan: &[Stage]) -> Vec<String> {
         plan.iter().map(|s| s.name.clone()).collect()
     }
@@ -860,10 +868,7 @@ mod tests {
             ]
             .map(PathBuf::from)
         );
-        let deps: Vec<&str> = dependencies(fit3, &plan)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let deps = dependency_names(fit3, &plan);
         assert_eq!(
             deps,
             [
@@ -1029,10 +1034,7 @@ mod tests {
             gen.inputs[0],
             PathBuf::from("/r/pairwise-cringe/iter1/onnx-int8")
         );
-        let deps: Vec<&str> = dependencies(gen, &plan)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let deps = dependency_names(gen, &plan);
         assert!(
             deps.contains(&"pairwise-cringe-iter1-export-int8"),
             "{deps:?}"
@@ -1086,10 +1088,7 @@ mod tests {
             export.settings,
             "onnx --last-logits-only --weights int8 --kv-cache int8"
         );
-        let deps: Vec<&str> = dependencies(export, &plan)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let deps = dependency_names(export, &plan);
         assert!(
             deps.contains(&"pairwise-cringe-iter1-kv-scales"),
             "{deps:?}"
@@ -1126,10 +1125,7 @@ mod tests {
             "{}",
             label.settings
         );
-        let deps: Vec<&str> = dependencies(label, &plan)
-            .iter()
-            .map(|s| s.name.as_str())
-            .collect();
+        let deps = dependency_names(label, &plan);
         assert_eq!(deps, ["reward-export", "pairwise-cringe-iter1-generate"]);
         let Work::Commands(c) = &plan
             .iter()
