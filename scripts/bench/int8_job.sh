@@ -23,6 +23,7 @@ $X onnx --model $M --out "$B/int8-kv8" --last-logits-only --weights int8 --kv-ca
     --kv-scales "$B/kv-scales.safetensors"
 gen() { # MODEL OUT [flags…]
     local m=$1 o=$2; shift 2
+    rm -f "$o"  # engine generate refuses to overwrite a finished output (it resumes with --resume)
     /usr/bin/time -f "%M" -o "$o.rss" $E generate --model "$m" --prompts $JOB --out "$o" --n 4 \
         --max-new-tokens 128 --threads 2 --no-timings --temperature 0.7 --top-k 50 "$@" 2> "$o.log"
     echo "$(basename "$m") $(grep -o '([0-9.]* tokens/s)' "$o.log") peak RSS $(( $(cat "$o.rss") / 1024 )) MiB, load $(cut -d' ' -f1 /proc/loadavg)"
