@@ -113,6 +113,13 @@ pub fn measure(s: &mut DecoderSession, prompts: &[Vec<i64>]) -> Result<(KvScales
             .with_context(|| format!("prefilling a {n}-token prompt"))?;
         for l in 0..io.layers {
             let (k, v) = cache.layer_f32(l)?;
+            ensure!(
+                k.len() == width * n && v.len() == width * n,
+                "layer {l}: present holds {} values, expected [1, {}, {n}, {}]",
+                k.len(),
+                io.kv_heads,
+                io.head_dim
+            );
             for (max, x) in [(&mut key[l], k), (&mut value[l], v)] {
                 // [1, kv_heads, n, head_dim]: channel (h, d) at h·n·hd + t·hd + d.
                 for h in 0..io.kv_heads {
