@@ -84,6 +84,61 @@ fn cached_greedy_decoding_equals_uncached_recomputation_in_both_flavors() {
     }
 }
 
+/// Responses that end without a decode step (every sample's first token is its last) are
+/// written, for every prompt: the last ones used to be dropped with the end of the input.
+#[test]
+fn responses_that_end_at_admission_are_all_written() {
+    let m = models(17);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    let records = prompts(5);
+    write_prompts(&prompts_path, &records);
+    let tok = Tokenizer::load(&m.hf).unwrap();
+    let mut reference = DecoderSession::load(
+        runtime(),
+        &m.portable,
+        &SessionOptions {
+            threads: 1,
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap();
+    for (max_new, n, batch) in [(1, 2, 4), (1, 1, 3), (0, 2, 4)] {
+        let out = m
+            .dir
+            .path()
+            .join(format!("first-{max_new}-{n}-{batch}.jsonl"));
+        let mut c = config(&m.ort, &prompts_path, &out);
+        greedy(&mut c);
+        c.max_new_tokens = max_new;
+        c.n = n;
+        c.batch_size = batch.into();
+        let summary = run(&c);
+        let got = read(&out);
+        assert_eq!(
+            summary.prompts,
+            records.len(),
+            "max_new {max_new}, n {n}: written"
+        );
+        assert_eq!(got.len(), records.len(), "max_new {max_new}, n {n}: lines");
+        assert_eq!(summary.new_tokens, (records.len() * n * max_new) as u64);
+        for (r, g) in records.iter().zip(&got) {
+            assert_eq!(r.id, g.id, "input order");
+            assert_eq!(g.responses.len(), n);
+            let ids = tok.prompt_ids(&r.to_prompt()).unwrap();
+            let want = reference_greedy(&mut reference, &ids, max_new, tok.eos());
+            for resp in &g.responses {
+                assert_eq!(resp.tokens, want.len(), "{}: token count", r.id);
+                assert_eq!(
+                    resp.text,
+                    tok.decode(&want, true).unwrap(),
+                    "{}: text",
+                    r.id
+                );
+            }
+        }
+    }
+}
+
 /// Sampling settings that make every token depend on the exact logits.
 fn sampling(c: &mut engine::generate::GenerateConfig) {
     c.sampling.temperature = 1.3;

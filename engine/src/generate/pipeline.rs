@@ -267,9 +267,6 @@ pub fn run_stage(
             }
             sched.admit_all(jobs, &mut done)?;
         }
-        if !sched.busy() && !open {
-            break;
-        }
         if sched.busy() {
             sched.step(&mut done)?;
         }
@@ -281,6 +278,12 @@ pub fn run_stage(
             if tx.send(f).is_err() {
                 break 'run;
             }
+        }
+        // Only after the drain: prompts whose responses all ended at admission (their first
+        // token, or --max-new-tokens 0 or 1) finish without a decode step, and the last of them
+        // would otherwise be dropped with the input's end.
+        if !sched.busy() && !open {
+            break;
         }
     }
     let t = sched.backend.transfers();
