@@ -2,10 +2,11 @@
 # past/present buffers of 256) on the CPU with the KV cache in fp32, fp16 and int8 (ONNX Runtime's
 # quantized cache: k/v_quant_type, kv_cache_bit_width 8, fixed scales), the variants alternating in one
 # process: which cache makes attention, the part int8 weights do not shrink, faster here?
-# Usage: .venv/bin/python scripts/bench/gqa_cache.py [CACHED_POSITIONS] [ROUNDS]
+# Usage: .venv/bin/python scripts/bench/gqa_cache.py [CACHED_POSITIONS] [ROUNDS] [BUFFER_POSITIONS (256)]
 import numpy as np, onnxruntime as ort, time, sys, statistics
 from onnx import helper, TensorProto as TP
-B, H, KV, D, MAXL = 64, 9, 3, 64, 256
+B, H, KV, D = 64, 9, 3, 64
+MAXL = int(sys.argv[3]) if len(sys.argv) > 3 else 256
 L = int(sys.argv[1]) if len(sys.argv) > 1 else 150
 ROUNDS = int(sys.argv[2]) if len(sys.argv) > 2 else 5
 # name: (activation dtype, cache dtype, quant type or None)
