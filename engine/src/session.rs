@@ -251,14 +251,22 @@ pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilde
 /// Build a session for `dir/model.onnx` (weights in `model.onnx.data` beside it) with
 /// [`builder`], and discover its I/O.
 pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Session, GraphIo)> {
-    let file = dir.join(MODEL_FILE);
+    open_file(runtime, &dir.join(MODEL_FILE), opts)
+}
+
+/// [`open`] for another graph file of an exported folder (its `prefill.onnx`).
+pub fn open_file(
+    runtime: &Runtime,
+    file: &Path,
+    opts: &SessionOptions,
+) -> Result<(Session, GraphIo)> {
     ensure!(
         file.is_file(),
         "{}: no such file (not a folder written by `exports onnx`)",
         file.display()
     );
     let session = builder(runtime, opts)?
-        .commit_from_file(&file)
+        .commit_from_file(file)
         .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
     let io =
         discover(&session).with_context(|| format!("{}: unexpected graph I/O", file.display()))?;
@@ -363,6 +371,13 @@ impl PastKv {
     pub fn layer_f32(&self, layer: usize) -> Result<(&[f32], &[f32])> {
         let (_, k) = self.keys[layer].try_extract_tensor::<f32>()?;
         let (_, v) = self.values[layer].try_extract_tensor::<f32>()?;
+        Ok((k, v))
+    }
+
+    /// [`PastKv::layer_f32`] of an int8 cache.
+    pub fn layer_i8(&self, layer: usize) -> Result<(&[i8], &[i8])> {
+        let (_, k) = self.keys[layer].try_extract_tensor::<i8>()?;
+        let (_, v) = self.values[layer].try_extract_tensor::<i8>()?;
         Ok((k, v))
     }
 }

@@ -4,6 +4,7 @@ mod generate_common;
 
 use std::path::Path;
 
+use engine::generate::backend::{Backend, BackendConfig};
 use engine::session::{DecoderSession, SessionOptions};
 use exports::records::FinishReason;
 use exports::{TokenId, Tokenizer};
@@ -265,6 +266,70 @@ fn int8_output_bytes_do_not_depend_on_batch_size_or_threads() {
     for int8 in [int8_export(&m), int8_kv8_export(&m, &prompts_path)] {
         int8_bytes_are_batch_invariant(&m, &int8, &prompts_path);
     }
+}
+
+/// An int8-cache folder's prompts run through its float-cache twin (`prefill.onnx`): the first
+/// token's logits are those of the int8-weights, float-cache folder (the same graph), bit for
+/// bit, and the cache the engine quantizes equals what the int8 graph's GroupQueryAttention
+/// writes itself, byte for byte, in layer 0 (the one layer whose inputs both graphs share: from
+/// layer 1 on, the int8 graph's prompt attention has read its quantized cache).
+#[test]
+fn an_int8_cache_folder_prefills_through_its_float_twin() {
+    let m = models(19);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    let records = prompts(6);
+    write_prompts(&prompts_path, &records);
+    let (int8, kv8) = (int8_export(&m), int8_kv8_export(&m, &prompts_path));
+    assert!(kv8.join(exports::onnx::PREFILL_FILE).is_file());
+    let tok = Tokenizer::load(&m.hf).unwrap();
+    let load = |model: &Path| {
+        Backend::load(
+            runtime(),
+            &BackendConfig {
+                model: model.to_path_buf(),
+                session: SessionOptions {
+                    threads: 1,
+                    ..SessionOptions::default()
+                },
+                slots: 3,
+                max_len: 256,
+                fixed_shape: false,
+                mover: Default::default(),
+            },
+        )
+        .unwrap()
+    };
+    let (mut b8, mut bf) = (load(&kv8), load(&int8));
+    assert!(b8.prefills_in_float() && !bf.prefills_in_float());
+    let mut own = DecoderSession::load(runtime(), &kv8, &SessionOptions::default()).unwrap();
+    let layers = own.io().layers;
+    let mut saturated = 0;
+    for r in &records {
+        let ids = tok.prompt_ids(&r.to_prompt()).unwrap();
+        let p = ids.len();
+        let got = b8.prefill(2, &ids).unwrap().to_vec();
+        assert_eq!(
+            got,
+            bf.prefill(2, &ids).unwrap(),
+            "{}: first-token logits",
+            r.id
+        );
+        let mut cache = own.new_cache(1).unwrap();
+        let seq: Vec<i64> = ids.iter().map(|t| t.as_i64()).collect();
+        own.forward(&seq, 1, p, &vec![1; p], &mut cache).unwrap();
+        let (k, v) = cache.layer_i8(0).unwrap();
+        for (buffer, want) in [(0, k), (layers, v)] {
+            let want: Vec<u8> = want.iter().map(|&x| x as u8).collect();
+            assert_eq!(
+                b8.slot_bytes(buffer, 2, p),
+                want,
+                "{}: layer 0, buffer {buffer}",
+                r.id
+            );
+            saturated += want.iter().filter(|&&x| x == 127 || x == 128).count();
+        }
+    }
+    eprintln!("{saturated} saturated values in layer 0");
 }
 
 fn int8_bytes_are_batch_invariant(m: &Models, int8: &Path, prompts_path: &Path) {

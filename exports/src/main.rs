@@ -126,7 +126,9 @@ struct OnnxArgs {
     weights: WeightsArg,
     /// int8 keeps the KV cache in int8 (ONNX Runtime's quantized GroupQueryAttention cache, a
     /// quarter of fp32's bytes) with the static per-channel scales of --kv-scales; float keeps it
-    /// in --dtype.
+    /// in --dtype. With int8 the folder also holds `prefill.onnx` (the same graph with a float
+    /// cache, which `engine generate` runs prompts through on CPU, quantizing what it wrote) and
+    /// `kv_scales.safetensors`.
     #[arg(long, value_enum, default_value = "float")]
     kv_cache: KvCacheArg,
     /// The int8 cache's scales, as `engine kv-scales` writes them (safetensors).

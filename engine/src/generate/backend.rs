@@ -31,6 +31,7 @@ use ort::session::Session;
 use ort::value::TensorElementType;
 
 use super::device::{run, DeviceBuffer, DeviceMemory, Feed, Move, MoverChoice, Place};
+use super::float_prefill::FloatPrefill;
 use super::kv::{SavedPrefix, SlotCache};
 use crate::runtime::Runtime;
 use crate::session::{kv_names, CacheForm, GraphIo, HeadOutput, SessionOptions};
@@ -130,6 +131,8 @@ pub struct Stash {
 
 pub struct Backend {
     session: Session,
+    /// An int8-cache folder's float-cache graph for prompts (see [`FloatPrefill`]).
+    float_prefill: Option<FloatPrefill>,
     pub io: GraphIo,
     vocab: usize,
     cache: SlotCache,
@@ -205,6 +208,7 @@ impl Backend {
         slots: impl FnOnce(&GraphIo) -> Result<usize>,
     ) -> Result<Self> {
         let (session, io) = crate::session::open(rt, &cfg.model, &cfg.session)?;
+        let float_prefill = FloatPrefill::open(rt, &cfg.model, &cfg.session, &io)?;
         let model = cfg.model.display();
         let vocab = match (io.head, io.vocab) {
             (HeadOutput::Score, _) => bail!(
@@ -311,6 +315,7 @@ impl Backend {
         let (past_scratch, present_scratch) = (scratch()?, scratch()?);
         Ok(Backend {
             session,
+            float_prefill,
             logits: vec![0.0; slots * vocab],
             vocab,
             prefill_logits: Vec::new(),
@@ -329,6 +334,34 @@ impl Backend {
             step_ids: Vec::new(),
             step_mask: Vec::new(),
         })
+    }
+
+    /// Whether prompts run through the folder's float-cache graph (see [`FloatPrefill`]).
+    pub fn prefills_in_float(&self) -> bool {
+        self.float_prefill.is_some()
+    }
+
+    /// The bytes of slot `slot`'s first `len` positions in cache buffer `buffer` (keys of layers
+    /// 0..L, then values), `[kv_heads, len, head_dim]`: what tests compare with a graph's own
+    /// present. CPU only (device memory is host memory there).
+    #[doc(hidden)]
+    pub fn slot_bytes(&self, buffer: usize, slot: usize, len: usize) -> Vec<u8> {
+        assert!(
+            self.dm.mem.is_cpu_accessible(),
+            "slot_bytes reads host memory; this is a bug"
+        );
+        let c = &self.cache;
+        let esize = c.units(4);
+        let mut out = Vec::with_capacity(c.kv_heads * len * c.head_dim * esize);
+        for h in 0..c.kv_heads {
+            let at = c.bufs[buffer].at(c.units(c.base(slot, h)));
+            // SAFETY: host memory (asserted), `len ≤ capacity` positions of one (slot, head) run.
+            assert!(len <= c.capacity, "{len} positions of {}", c.capacity);
+            let run =
+                unsafe { std::slice::from_raw_parts(at.cast::<u8>(), len * c.head_dim * esize) };
+            out.extend_from_slice(run);
+        }
+        out
     }
 
     /// The copy counter so far.
@@ -408,6 +441,14 @@ impl Backend {
         assert!(p > 0, "prefill of an empty prompt; this is a bug");
         let before = self.moved();
         self.ensure_capacity(p + 1)?;
+        // Not `if let`: a borrow returned from one branch would hold `self` for the rest of the
+        // function under today's borrow checker (NLL problem case 3).
+        #[allow(clippy::unnecessary_unwrap)]
+        if self.float_prefill.is_some() {
+            let fp = self.float_prefill.as_mut().expect("checked");
+            let names = (&self.input_names[..], &self.output_names[..]);
+            return fp.run(names, &mut self.cache, slot, &[ids], self.vocab);
+        }
         let v = self.vocab;
         let rows = if self.io.head == HeadOutput::LastLogits {
             1
@@ -512,6 +553,14 @@ impl Backend {
         );
         let before = self.moved();
         self.ensure_capacity(p + 1)?;
+        // Not `if let`: a borrow returned from one branch would hold `self` for the rest of the
+        // function under today's borrow checker (NLL problem case 3).
+        #[allow(clippy::unnecessary_unwrap)]
+        if self.float_prefill.is_some() {
+            let fp = self.float_prefill.as_mut().expect("checked");
+            let names = (&self.input_names[..], &self.output_names[..]);
+            return fp.run(names, &mut self.cache, first, prompts, self.vocab);
+        }
         let v = self.vocab;
         self.prefill_logits.resize(b * v, 0.0);
         let mut input_ids = vec![0i64; b * p];

@@ -10,6 +10,7 @@ pub mod budget;
 pub mod cli;
 pub mod config;
 pub mod device;
+mod float_prefill;
 pub mod kv;
 pub mod pipeline;
 pub mod prompts;

@@ -40,6 +40,13 @@ use crate::layout::Head;
 pub const IR_VERSION: i64 = 10;
 pub const PRODUCER: &str = "pco-exports";
 pub const MODEL_FILE: &str = "model.onnx";
+/// With `--kv-cache int8`: the same graph and weights with a float cache, for prompts. ONNX
+/// Runtime's int8 GroupQueryAttention attends over the quantized cache in the prompt too, about
+/// 4.6× slower there than over a float one (BENCHMARKS.md); the engine runs prompts through this
+/// graph and quantizes what it wrote with [`KV_SCALES_FILE`]'s scales, as the int8 graph would.
+pub const PREFILL_FILE: &str = "prefill.onnx";
+/// With `--kv-cache int8`: the scales written into the graph (see [`KvScales`]).
+pub const KV_SCALES_FILE: &str = "kv_scales.safetensors";
 
 /// Which operator set the graph uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -219,25 +226,38 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
             Some(s)
         }
     };
+    let spec = |kv_scales| llama::LlamaSpec {
+        fusions,
+        elem: cfg.dtype,
+        head,
+        weights: cfg.weights,
+        kv_scales,
+    };
     let graph = if model.model_type.is_llama_family() {
-        let spec = llama::LlamaSpec {
-            fusions,
-            elem: cfg.dtype,
-            head,
-            weights: cfg.weights,
-            kv_scales,
-        };
-        llama::build(&model, &ckpt, &spec)?
+        llama::build(&model, &ckpt, &spec(kv_scales))?
     } else {
         gpt2::build(&model, &ckpt, cfg.dtype, head)?
     };
-    drop(ckpt);
+    // Kept only for the prefill graph.
+    let ckpt = kv_scales.is_some().then_some(ckpt);
     let nodes = graph.node_count();
     let weight_bytes = graph.weight_bytes();
     let mut files = vec![MODEL_FILE.to_string(), format!("{MODEL_FILE}.data")];
+    if kv_scales.is_some() {
+        files.extend([
+            PREFILL_FILE.to_string(),
+            format!("{PREFILL_FILE}.data"),
+            KV_SCALES_FILE.to_string(),
+        ]);
+    }
     let src = cfg.model.clone();
     fsutil::write_dir_atomic(&cfg.out, |dir| {
         graph.save(dir, MODEL_FILE)?;
+        if let (Some(scales), Some(ckpt)) = (kv_scales, &ckpt) {
+            // Built after the first is saved (`save` consumes it): one graph in memory at a time.
+            llama::build(&model, ckpt, &spec(None))?.save(dir, PREFILL_FILE)?;
+            scales.write(&dir.join(KV_SCALES_FILE))?;
+        }
         if head != HeadKind::Reward {
             let text = serde_json::to_string_pretty(&genai_config::genai_config(
                 &model,

@@ -1,0 +1,221 @@
+//! Prompts of an int8-cache folder through its float-cache twin (`prefill.onnx`).
+//!
+//! ONNX Runtime's CPU GroupQueryAttention with an int8 cache attends over the quantized cache in
+//! the prompt as well, with per-position dequantizing loops: on the real job's prompts that
+//! attention takes 4.6× the float cache's (BENCHMARKS.md). `exports onnx --kv-cache int8` also
+//! writes the same graph and weights with a float cache and the scales it used; a prompt runs
+//! through that graph into host scratch, and its keys and values are quantized into the slot's
+//! int8 cache exactly as the int8 graph quantizes a new position (`round half to even (x / scale)`,
+//! saturated to −128..=127; the engine tests compare against the int8 graph's own writes), so
+//! decoding continues over the very cache it would have written. The prompt's own attention (and
+//! the first token's logits) are then the float cache's, which is also closer to fp32.
+
+use std::ffi::CString;
+use std::path::Path;
+
+use anyhow::{ensure, Context, Result};
+use exports::onnx::{KvScales, KV_SCALES_FILE, PREFILL_FILE};
+use exports::{ModelConfig, TokenId};
+use ort::memory::MemoryInfo;
+use ort::session::Session;
+use ort::value::TensorElementType;
+
+use super::device::{run, Feed};
+use super::kv::SlotCache;
+use crate::runtime::Runtime;
+use crate::session::{CacheForm, Device, GraphIo, HeadOutput, SessionOptions};
+
+pub struct FloatPrefill {
+    session: Session,
+    scales: KvScales,
+    head: HeadOutput,
+    /// Host f32 `[rows, kv_heads, len, head_dim]` per buffer (keys of layers 0..L, then values),
+    /// bound as the graph's shared past and present; reused between prompts.
+    scratch: Vec<Vec<f32>>,
+    logits: Vec<f32>,
+}
+
+impl FloatPrefill {
+    /// The folder's prompt graph, for an int8-cache `main` graph on the CPU (where the cache is
+    /// host memory the quantization writes); `None` for every other folder or device.
+    pub fn open(
+        rt: &Runtime,
+        dir: &Path,
+        opts: &SessionOptions,
+        main: &GraphIo,
+    ) -> Result<Option<Self>> {
+        let file = dir.join(PREFILL_FILE);
+        if main.kv_type != TensorElementType::Int8 || opts.device != Device::Cpu || !file.is_file()
+        {
+            return Ok(None);
+        }
+        let (session, io) = crate::session::open_file(rt, &file, opts)?;
+        ensure!(
+            io.kv_type == TensorElementType::Float32
+                && io.form == CacheForm::SharedKv
+                && (io.layers, io.kv_heads, io.head_dim, io.head, io.vocab)
+                    == (
+                        main.layers,
+                        main.kv_heads,
+                        main.head_dim,
+                        main.head,
+                        main.vocab
+                    ),
+            "{}: not the float-cache twin of {} ({io:?} against {main:?})",
+            file.display(),
+            dir.join(exports::onnx::MODEL_FILE).display()
+        );
+        let cfg = ModelConfig::load(dir)?;
+        let scales = KvScales::read(&dir.join(KV_SCALES_FILE), &cfg)?;
+        ensure!(
+            (scales.layers(), scales.kv_heads, scales.head_dim)
+                == (io.layers, io.kv_heads, io.head_dim),
+            "{}: scales for {} layers × {} × {}, the graph has {} × {} × {}",
+            dir.join(KV_SCALES_FILE).display(),
+            scales.layers(),
+            scales.kv_heads,
+            scales.head_dim,
+            io.layers,
+            io.kv_heads,
+            io.head_dim
+        );
+        Ok(Some(FloatPrefill {
+            session,
+            scales,
+            head: io.head,
+            scratch: vec![Vec::new(); 2 * io.layers],
+            logits: Vec::new(),
+        }))
+    }
+
+    /// Run `prompts` (right padded, as `Backend::prefill_rows`) and quantize each one's keys and
+    /// values into slot `first + i` of `cache`; returns the last real position's logits per
+    /// prompt, `[prompts.len(), vocab]`.
+    pub fn run(
+        &mut self,
+        names: (&[CString], &[CString]),
+        cache: &mut SlotCache,
+        first: usize,
+        prompts: &[&[TokenId]],
+        vocab: usize,
+    ) -> Result<&[f32]> {
+        let b = prompts.len();
+        let p = prompts.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        assert!(
+            b > 0 && p > 0 && first + b <= cache.slots && p < cache.capacity,
+            "float prefill of {b} prompts up to {p} into slots {first}.. of {} × {}; this is a bug",
+            cache.slots,
+            cache.capacity
+        );
+        assert!(
+            b == 1 || self.head == HeadOutput::LastLogits,
+            "batched prefill needs last-logits graphs; this is a bug"
+        );
+        let (kvh, hd) = (cache.kv_heads, cache.head_dim);
+        let rows = if self.head == HeadOutput::LastLogits {
+            1
+        } else {
+            p
+        };
+        self.logits.resize(b * rows * vocab, 0.0);
+        for s in &mut self.scratch {
+            s.resize(b * kvh * p * hd, 0.0);
+        }
+        let mut input_ids = vec![0i64; b * p];
+        let mut mask = vec![0i64; b * p];
+        for (r, ids) in prompts.iter().enumerate() {
+            for (j, t) in ids.iter().enumerate() {
+                input_ids[r * p + j] = t.as_i64();
+                mask[r * p + j] = 1;
+            }
+        }
+        let mem = MemoryInfo::default();
+        // SAFETY: every view points into a vector that is neither moved nor resized until `run`
+        // returns, and each shape's element count is its vector's length.
+        unsafe {
+            let mut feed = Feed::default();
+            feed.ints(&mem, input_ids.as_mut_ptr(), &[b, p])?;
+            feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
+            feed.output(&mem, self.logits.as_mut_ptr(), &[b, rows, vocab])?;
+            for s in &mut self.scratch {
+                let ptr = s.as_mut_ptr();
+                feed.typed(
+                    &mem,
+                    ptr,
+                    &[b, kvh, p, hd],
+                    TensorElementType::Float32,
+                    false,
+                )?;
+                feed.typed(
+                    &mem,
+                    ptr,
+                    &[b, kvh, p, hd],
+                    TensorElementType::Float32,
+                    true,
+                )?;
+            }
+            run(&self.session, names.0, names.1, &feed).context("prefill (float cache)")?;
+        }
+        let layers = self.scales.layers();
+        for (i, s) in self.scratch.iter().enumerate() {
+            let (kind, layer) = if i < layers {
+                (&self.scales.key, i)
+            } else {
+                (&self.scales.value, i - layers)
+            };
+            let scale = &kind[layer];
+            let buf = &cache.bufs[i];
+            for (r, ids) in prompts.iter().enumerate() {
+                for h in 0..kvh {
+                    let src = &s[(r * kvh + h) * p * hd..][..ids.len() * hd];
+                    let at = cache.base(first + r, h);
+                    // SAFETY: an int8 cache's buffer holds `slots · kv_heads · capacity · head_dim`
+                    // bytes on the host (CPU device, checked at open); slot `first + r`, head `h`,
+                    // positions `0..len` lie within it, and nothing else accesses it meanwhile.
+                    let dst = unsafe {
+                        std::slice::from_raw_parts_mut(
+                            buf.at(cache.units(at)).cast::<i8>(),
+                            ids.len() * hd,
+                        )
+                    };
+                    quantize(src, &scale[h * hd..(h + 1) * hd], dst);
+                }
+            }
+        }
+        if rows == 1 {
+            Ok(&self.logits[..b * vocab])
+        } else {
+            Ok(&self.logits[(rows - 1) * vocab..rows * vocab])
+        }
+    }
+}
+
+/// `positions × head_dim` values into int8 with one scale per channel: what GroupQueryAttention's
+/// per-channel int8 cache stores for a value `x` of channel `c`.
+fn quantize(src: &[f32], scale: &[f32], dst: &mut [i8]) {
+    for (x, q) in src
+        .chunks_exact(scale.len())
+        .zip(dst.chunks_exact_mut(scale.len()))
+    {
+        for ((&x, &s), q) in x.iter().zip(scale).zip(q) {
+            *q = (x / s).round_ties_even().clamp(-128.0, 127.0) as i8;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::quantize;
+
+    #[test]
+    fn rounds_half_to_even_and_saturates() {
+        let src = [0.5, 1.5, -2.5, 2.49, 300.0, -300.0, -127.6, 0.0];
+        let scale = [1.0; 8];
+        let mut q = [0i8; 8];
+        quantize(&src, &scale, &mut q);
+        assert_eq!(q, [0, 2, -2, 2, 127, -128, -128, 0]);
+        let mut q = [0i8; 4];
+        quantize(&[1.0, 1.0, 0.3, 0.3], &[0.5, 0.25], &mut q);
+        assert_eq!(q, [2, 4, 1, 1]);
+    }
+}
