@@ -330,6 +330,26 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
         }
     }
     eprintln!("{saturated} saturated values in layer 0");
+    // Prompts prefilled together in groups of one (a scratch limit below one row) give the
+    // logits and every cache byte of one group of all.
+    let ids: Vec<Vec<TokenId>> = records[..3]
+        .iter()
+        .map(|r| tok.prompt_ids(&r.to_prompt()).unwrap())
+        .collect();
+    let rows: Vec<&[TokenId]> = ids.iter().map(Vec::as_slice).collect();
+    let mut grouped = load(&kv8);
+    grouped.limit_float_prefill_scratch(1);
+    let whole = b8.prefill_rows(0, &rows).unwrap().to_vec();
+    assert_eq!(whole, grouped.prefill_rows(0, &rows).unwrap());
+    for (slot, r) in rows.iter().enumerate() {
+        for buffer in 0..2 * layers {
+            assert_eq!(
+                b8.slot_bytes(buffer, slot, r.len()),
+                grouped.slot_bytes(buffer, slot, r.len()),
+                "slot {slot}, buffer {buffer}"
+            );
+        }
+    }
 }
 
 fn int8_bytes_are_batch_invariant(m: &Models, int8: &Path, prompts_path: &Path) {

@@ -341,6 +341,14 @@ impl Backend {
         self.float_prefill.is_some()
     }
 
+    /// Lower the float prompt graph's scratch limit (tests of its grouping); no-op without one.
+    #[doc(hidden)]
+    pub fn limit_float_prefill_scratch(&mut self, bytes: usize) {
+        if let Some(fp) = &mut self.float_prefill {
+            fp.scratch_limit = bytes;
+        }
+    }
+
     /// The bytes of slot `slot`'s first `len` positions in cache buffer `buffer` (keys of layers
     /// 0..L, then values), `[kv_heads, len, head_dim]`: what tests compare with a graph's own
     /// present. CPU only (device memory is host memory there).
@@ -445,6 +453,17 @@ impl Backend {
         // function under today's borrow checker (NLL problem case 3).
         #[allow(clippy::unnecessary_unwrap)]
         if self.float_prefill.is_some() {
+            let (up, down) = self.moved_since(before);
+            let rows = if self.io.head == HeadOutput::LastLogits {
+                1
+            } else {
+                p
+            };
+            self.transfers.prefill += Transfers {
+                to_device: (2 * p * 8) as u64 + up,
+                from_device: (rows * self.vocab * 4) as u64 + down,
+                cache: up + down,
+            };
             let fp = self.float_prefill.as_mut().expect("checked");
             let names = (&self.input_names[..], &self.output_names[..]);
             return fp.run(names, &mut self.cache, slot, &[ids], self.vocab);
@@ -557,6 +576,13 @@ impl Backend {
         // function under today's borrow checker (NLL problem case 3).
         #[allow(clippy::unnecessary_unwrap)]
         if self.float_prefill.is_some() {
+            let (up, down) = self.moved_since(before);
+            let rows = b;
+            self.transfers.prefill += Transfers {
+                to_device: (2 * b * p * 8) as u64 + up,
+                from_device: (rows * self.vocab * 4) as u64 + down,
+                cache: up + down,
+            };
             let fp = self.float_prefill.as_mut().expect("checked");
             let names = (&self.input_names[..], &self.output_names[..]);
             return fp.run(names, &mut self.cache, first, prompts, self.vocab);

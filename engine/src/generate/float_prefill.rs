@@ -25,6 +25,10 @@ use super::kv::SlotCache;
 use crate::runtime::Runtime;
 use crate::session::{CacheForm, Device, GraphIo, HeadOutput, SessionOptions};
 
+/// The most bytes of float keys and values one prompt run writes (prompts beyond it run in
+/// further groups): 64 prompts of 552 tokens would otherwise take 2.4 GB for SmolLM2.
+const SCRATCH_BYTES: usize = 256 << 20;
+
 pub struct FloatPrefill {
     session: Session,
     scales: KvScales,
@@ -32,6 +36,8 @@ pub struct FloatPrefill {
     /// Host f32 `[rows, kv_heads, len, head_dim]` per buffer (keys of layers 0..L, then values),
     /// bound as the graph's shared past and present; reused between prompts.
     scratch: Vec<Vec<f32>>,
+    /// [`SCRATCH_BYTES`] unless a test lowers it.
+    pub scratch_limit: usize,
     logits: Vec<f32>,
 }
 
@@ -84,13 +90,16 @@ impl FloatPrefill {
             scales,
             head: io.head,
             scratch: vec![Vec::new(); 2 * io.layers],
+            scratch_limit: SCRATCH_BYTES,
             logits: Vec::new(),
         }))
     }
 
     /// Run `prompts` (right padded, as `Backend::prefill_rows`) and quantize each one's keys and
     /// values into slot `first + i` of `cache`; returns the last real position's logits per
-    /// prompt, `[prompts.len(), vocab]`.
+    /// prompt, `[prompts.len(), vocab]` (all `[P, vocab]` of a lone prompt under a full-logits
+    /// head). Prompts go in groups whose float scratch stays under the limit: rows are
+    /// independent of their batch, so the grouping changes no value.
     pub fn run(
         &mut self,
         names: (&[CString], &[CString]),
@@ -111,13 +120,45 @@ impl FloatPrefill {
             b == 1 || self.head == HeadOutput::LastLogits,
             "batched prefill needs last-logits graphs; this is a bug"
         );
-        let (kvh, hd) = (cache.kv_heads, cache.head_dim);
         let rows = if self.head == HeadOutput::LastLogits {
             1
         } else {
             p
         };
-        self.logits.resize(b * rows * vocab, 0.0);
+        let row_bytes = self.scratch.len() * cache.kv_heads * p * cache.head_dim * 4;
+        let group = (self.scratch_limit / row_bytes).clamp(1, b);
+        let mut logits = std::mem::take(&mut self.logits);
+        logits.resize(b * rows * vocab, 0.0);
+        let done = prompts
+            .chunks(group)
+            .zip(logits.chunks_mut(group * rows * vocab))
+            .enumerate()
+            .try_for_each(|(i, (g, out))| {
+                self.run_group(names, cache, first + i * group, g, vocab, out)
+            });
+        self.logits = logits;
+        done?;
+        let last = (rows - 1) * vocab;
+        Ok(if rows == 1 {
+            &self.logits[..b * vocab]
+        } else {
+            &self.logits[last..last + vocab]
+        })
+    }
+
+    /// [`FloatPrefill::run`] of one group, its logits into `out`.
+    fn run_group(
+        &mut self,
+        names: (&[CString], &[CString]),
+        cache: &mut SlotCache,
+        first: usize,
+        prompts: &[&[TokenId]],
+        vocab: usize,
+        out: &mut [f32],
+    ) -> Result<()> {
+        let b = prompts.len();
+        let p = prompts.iter().map(|ids| ids.len()).max().unwrap_or(0);
+        let (kvh, hd) = (cache.kv_heads, cache.head_dim);
         for s in &mut self.scratch {
             s.resize(b * kvh * p * hd, 0.0);
         }
@@ -129,14 +170,15 @@ impl FloatPrefill {
                 mask[r * p + j] = 1;
             }
         }
+        let rows = out.len() / (b * vocab);
         let mem = MemoryInfo::default();
-        // SAFETY: every view points into a vector that is neither moved nor resized until `run`
-        // returns, and each shape's element count is its vector's length.
+        // SAFETY: every view points into a vector or slice that is neither moved nor resized until
+        // `run` returns, and each shape's element count is its length.
         unsafe {
             let mut feed = Feed::default();
             feed.ints(&mem, input_ids.as_mut_ptr(), &[b, p])?;
             feed.ints(&mem, mask.as_mut_ptr(), &[b, p])?;
-            feed.output(&mem, self.logits.as_mut_ptr(), &[b, rows, vocab])?;
+            feed.output(&mem, out.as_mut_ptr(), &[b, rows, vocab])?;
             for s in &mut self.scratch {
                 let ptr = s.as_mut_ptr();
                 feed.typed(
@@ -182,11 +224,7 @@ impl FloatPrefill {
                 }
             }
         }
-        if rows == 1 {
-            Ok(&self.logits[..b * vocab])
-        } else {
-            Ok(&self.logits[(rows - 1) * vocab..rows * vocab])
-        }
+        Ok(())
     }
 }
 
