@@ -251,21 +251,29 @@ pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilde
 /// Build a session for `dir/model.onnx` (weights in `model.onnx.data` beside it) with
 /// [`builder`], and discover its I/O.
 pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Session, GraphIo)> {
-    open_file(runtime, &dir.join(MODEL_FILE), opts)
+    open_file(runtime, &dir.join(MODEL_FILE), opts, None)
 }
 
-/// [`open`] for another graph file of an exported folder (its `prefill.onnx`).
+/// [`open`] for one graph file of an exported folder; sessions given the same `prepacked`
+/// container share the packed form of identical weights (an int8-cache folder's two graphs).
 pub fn open_file(
     runtime: &Runtime,
     file: &Path,
     opts: &SessionOptions,
+    prepacked: Option<&ort::session::builder::PrepackedWeights>,
 ) -> Result<(Session, GraphIo)> {
     ensure!(
         file.is_file(),
         "{}: no such file (not a folder written by `exports onnx`)",
         file.display()
     );
-    let session = builder(runtime, opts)?
+    let mut b = builder(runtime, opts)?;
+    if let Some(p) = prepacked {
+        b = b
+            .with_prepacked_weights(p)
+            .map_err(|e| anyhow::anyhow!("sharing packed weights: {e}"))?;
+    }
+    let session = b
         .commit_from_file(file)
         .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
     let io =

@@ -207,8 +207,17 @@ impl Backend {
         cfg: &BackendConfig,
         slots: impl FnOnce(&GraphIo) -> Result<usize>,
     ) -> Result<Self> {
-        let (session, io) = crate::session::open(rt, &cfg.model, &cfg.session)?;
-        let float_prefill = FloatPrefill::open(rt, &cfg.model, &cfg.session, &io)?;
+        // The float twin's session shares the packed weights of the main one.
+        let prepacked = FloatPrefill::present(&cfg.model, &cfg.session)
+            .then(ort::session::builder::PrepackedWeights::new);
+        let (session, io) = crate::session::open_file(
+            rt,
+            &cfg.model.join(exports::onnx::MODEL_FILE),
+            &cfg.session,
+            prepacked.as_ref(),
+        )?;
+        let float_prefill =
+            FloatPrefill::open(rt, &cfg.model, &cfg.session, &io, prepacked.as_ref())?;
         let model = cfg.model.display();
         let vocab = match (io.head, io.vocab) {
             (HeadOutput::Score, _) => bail!(

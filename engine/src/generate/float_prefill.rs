@@ -17,6 +17,7 @@ use anyhow::{ensure, Context, Result};
 use exports::onnx::{KvScales, KV_SCALES_FILE, PREFILL_FILE};
 use exports::{ModelConfig, TokenId};
 use ort::memory::MemoryInfo;
+use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::TensorElementType;
 
@@ -42,6 +43,17 @@ pub struct FloatPrefill {
 }
 
 impl FloatPrefill {
+    /// Whether `dir` runs its prompts through a float twin on this device: an int8-cache graph
+    /// (`main`) beside a `prefill.onnx`, on the CPU.
+    pub fn applies(dir: &Path, opts: &SessionOptions, main: &GraphIo) -> bool {
+        main.kv_type == TensorElementType::Int8 && Self::present(dir, opts)
+    }
+
+    /// A `prefill.onnx` beside the graph, on the CPU.
+    pub fn present(dir: &Path, opts: &SessionOptions) -> bool {
+        opts.device == Device::Cpu && dir.join(PREFILL_FILE).is_file()
+    }
+
     /// The folder's prompt graph, for an int8-cache `main` graph on the CPU (where the cache is
     /// host memory the quantization writes); `None` for every other folder or device.
     pub fn open(
@@ -49,13 +61,13 @@ impl FloatPrefill {
         dir: &Path,
         opts: &SessionOptions,
         main: &GraphIo,
+        prepacked: Option<&PrepackedWeights>,
     ) -> Result<Option<Self>> {
-        let file = dir.join(PREFILL_FILE);
-        if main.kv_type != TensorElementType::Int8 || opts.device != Device::Cpu || !file.is_file()
-        {
+        if !Self::applies(dir, opts, main) {
             return Ok(None);
         }
-        let (session, io) = crate::session::open_file(rt, &file, opts)?;
+        let file = dir.join(PREFILL_FILE);
+        let (session, io) = crate::session::open_file(rt, &file, opts, prepacked)?;
         ensure!(
             io.kv_type == TensorElementType::Float32
                 && io.form == CacheForm::SharedKv
