@@ -23,35 +23,6 @@ fn device_under_test(test: &str) -> Device {
     }
 }
 
-fn backend(model: &std::path::Path, device: Device, slots: usize, fixed_shape: bool) -> Backend {
-    backend_with(model, device, slots, fixed_shape, MoverChoice::Auto)
-}
-
-fn backend_with(
-    model: &std::path::Path,
-    device: Device,
-    slots: usize,
-    fixed_shape: bool,
-    mover: MoverChoice,
-) -> Backend {
-    Backend::load(
-        runtime(),
-        &BackendConfig {
-            model: model.to_path_buf(),
-            session: SessionOptions {
-                device,
-                threads: 1,
-                ..SessionOptions::default()
-            },
-            slots,
-            max_len: 128,
-            fixed_shape,
-            mover,
-        },
-    )
-    .unwrap()
-}
-
 fn argmax(row: &[f32]) -> TokenId {
     let mut best = 0;
     for (i, x) in row.iter().enumerate() {

@@ -4,8 +4,7 @@ mod generate_common;
 
 use std::path::Path;
 
-use engine::generate::backend::{Backend, BackendConfig};
-use engine::session::{DecoderSession, SessionOptions};
+use engine::session::{DecoderSession, Device, SessionOptions};
 use exports::records::FinishReason;
 use exports::{TokenId, Tokenizer};
 use generate_common::*;
@@ -282,23 +281,7 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
     let (int8, kv8) = (int8_export(&m), int8_kv8_export(&m, &prompts_path));
     assert!(kv8.join(exports::onnx::PREFILL_FILE).is_file());
     let tok = Tokenizer::load(&m.hf).unwrap();
-    let load = |model: &Path| {
-        Backend::load(
-            runtime(),
-            &BackendConfig {
-                model: model.to_path_buf(),
-                session: SessionOptions {
-                    threads: 1,
-                    ..SessionOptions::default()
-                },
-                slots: 3,
-                max_len: 256,
-                fixed_shape: false,
-                mover: Default::default(),
-            },
-        )
-        .unwrap()
-    };
+    let load = |model: &Path| backend(model, Device::Cpu, 3, false);
     let (mut b8, mut bf) = (load(&kv8), load(&int8));
     assert!(b8.prefills_in_float() && !bf.prefills_in_float());
     let mut own = DecoderSession::load(runtime(), &kv8, &SessionOptions::default()).unwrap();

@@ -115,6 +115,21 @@ impl std::fmt::Display for TransferLog {
     }
 }
 
+/// `[prompts.len(), P]` input ids and attention mask of `prompts` right-padded to the longest
+/// one's `P` tokens (pads: id 0, mask 0), the layout GroupQueryAttention's prompts need.
+pub(super) fn right_padded(prompts: &[&[TokenId]]) -> (Vec<i64>, Vec<i64>) {
+    let p = prompts.iter().map(|ids| ids.len()).max().unwrap_or(0);
+    let mut input_ids = vec![0i64; prompts.len() * p];
+    let mut mask = vec![0i64; prompts.len() * p];
+    for (r, ids) in prompts.iter().enumerate() {
+        for (j, t) in ids.iter().enumerate() {
+            input_ids[r * p + j] = t.as_i64();
+            mask[r * p + j] = 1;
+        }
+    }
+    (input_ids, mask)
+}
+
 /// One row of a decode step: feed `token` at position `pos` (= tokens already cached).
 #[derive(Debug, Clone, Copy)]
 pub struct StepRow {
@@ -598,14 +613,7 @@ impl Backend {
         }
         let v = self.vocab;
         self.prefill_logits.resize(b * v, 0.0);
-        let mut input_ids = vec![0i64; b * p];
-        let mut mask = vec![0i64; b * p];
-        for (r, ids) in prompts.iter().enumerate() {
-            for (j, t) in ids.iter().enumerate() {
-                input_ids[r * p + j] = t.as_i64();
-                mask[r * p + j] = 1;
-            }
-        }
+        let (mut input_ids, mut mask) = right_padded(prompts);
         let (kvh, hd, cap) = (
             self.cache.kv_heads,
             self.cache.head_dim,

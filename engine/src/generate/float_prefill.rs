@@ -21,6 +21,7 @@ use ort::session::builder::PrepackedWeights;
 use ort::session::Session;
 use ort::value::TensorElementType;
 
+use super::backend::right_padded;
 use super::device::{run, Feed};
 use super::kv::SlotCache;
 use crate::runtime::Runtime;
@@ -174,14 +175,7 @@ impl FloatPrefill {
         for s in &mut self.scratch {
             s.resize(b * kvh * p * hd, 0.0);
         }
-        let mut input_ids = vec![0i64; b * p];
-        let mut mask = vec![0i64; b * p];
-        for (r, ids) in prompts.iter().enumerate() {
-            for (j, t) in ids.iter().enumerate() {
-                input_ids[r * p + j] = t.as_i64();
-                mask[r * p + j] = 1;
-            }
-        }
+        let (mut input_ids, mut mask) = right_padded(prompts);
         let rows = out.len() / (b * vocab);
         let mem = MemoryInfo::default();
         // SAFETY: every view points into a vector or slice that is neither moved nor resized until

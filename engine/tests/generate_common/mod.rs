@@ -5,9 +5,12 @@
 
 use std::path::{Path, PathBuf};
 
+use engine::generate::backend::{Backend, BackendConfig};
+use engine::generate::device::MoverChoice;
 use engine::generate::{self, GenerateConfig};
 use engine::runtime::Runtime;
 use engine::sampling::Decoding;
+use engine::session::{Device, SessionOptions};
 use exports::init::{init, InitConfig};
 use exports::onnx::{export, Flavor, OnnxExportConfig};
 use exports::records::{GenerationRecord, Message, PromptRecord};
@@ -157,4 +160,39 @@ pub fn untimed(records: &[GenerationRecord]) -> Vec<String> {
             serde_json::to_string(&r).unwrap()
         })
         .collect()
+}
+
+/// A backend on `device` for `model` (1 thread, 128 positions).
+pub fn backend(
+    model: &std::path::Path,
+    device: Device,
+    slots: usize,
+    fixed_shape: bool,
+) -> Backend {
+    backend_with(model, device, slots, fixed_shape, MoverChoice::Auto)
+}
+
+pub fn backend_with(
+    model: &std::path::Path,
+    device: Device,
+    slots: usize,
+    fixed_shape: bool,
+    mover: MoverChoice,
+) -> Backend {
+    Backend::load(
+        runtime(),
+        &BackendConfig {
+            model: model.to_path_buf(),
+            session: SessionOptions {
+                device,
+                threads: 1,
+                ..SessionOptions::default()
+            },
+            slots,
+            max_len: 128,
+            fixed_shape,
+            mover,
+        },
+    )
+    .unwrap()
 }
