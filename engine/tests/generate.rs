@@ -43,15 +43,7 @@ fn cached_greedy_decoding_equals_uncached_recomputation_in_both_flavors() {
     let records = prompts(6);
     write_prompts(&prompts_path, &records);
     let tok = Tokenizer::load(&m.hf).unwrap();
-    let mut reference = DecoderSession::load(
-        runtime(),
-        &m.portable,
-        &SessionOptions {
-            threads: 1,
-            ..SessionOptions::default()
-        },
-    )
-    .unwrap();
+    let mut reference = reference_session(&m);
     for (name, model) in [("ort", &m.ort), ("portable", &m.portable)] {
         let out = m.dir.path().join(format!("{name}.jsonl"));
         let mut c = config(model, &prompts_path, &out);
@@ -93,15 +85,7 @@ fn responses_that_end_at_admission_are_all_written() {
     let records = prompts(5);
     write_prompts(&prompts_path, &records);
     let tok = Tokenizer::load(&m.hf).unwrap();
-    let mut reference = DecoderSession::load(
-        runtime(),
-        &m.portable,
-        &SessionOptions {
-            threads: 1,
-            ..SessionOptions::default()
-        },
-    )
-    .unwrap();
+    let mut reference = reference_session(&m);
     for (max_new, n, batch) in [(1, 2, 4), (1, 1, 3), (0, 2, 4)] {
         let out = m
             .dir

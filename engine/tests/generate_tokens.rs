@@ -104,15 +104,7 @@ fn full_logits(session: &mut DecoderSession, seq: &[TokenId]) -> Vec<f32> {
 fn greedy_tokens_equal_an_uncached_greedy_loop_and_n_samples_share_a_prefill() {
     let m = models(21);
     let tok = Tokenizer::load(&m.hf).unwrap();
-    let mut reference = DecoderSession::load(
-        runtime(),
-        &m.portable,
-        &SessionOptions {
-            threads: 1,
-            ..SessionOptions::default()
-        },
-    )
-    .unwrap();
+    let mut reference = reference_session(&m);
     let prompts = prompt_ids(&tok, 5);
     // n = 3 greedy samples on 4 slots: some samples wait for a slot and start from the stash.
     let r = Run {
@@ -268,15 +260,7 @@ fn eos_and_stop_strings_end_a_response_at_the_token_that_completes_them() {
 fn beam_search_with_slot_copies_equals_beam_search_over_full_recomputation() {
     let m = models(23);
     let tok = Tokenizer::load(&m.hf).unwrap();
-    let mut reference = DecoderSession::load(
-        runtime(),
-        &m.portable,
-        &SessionOptions {
-            threads: 1,
-            ..SessionOptions::default()
-        },
-    )
-    .unwrap();
+    let mut reference = reference_session(&m);
     let prompts = prompt_ids(&tok, 4);
     let beams = 3;
     let cfg = SamplingConfig {

@@ -196,3 +196,17 @@ pub fn backend_with(
     )
     .unwrap()
 }
+
+/// The portable graph of `m` on one thread: the uncached reference the generation tests
+/// recompute greedy tokens with.
+pub fn reference_session(m: &Models) -> engine::session::DecoderSession {
+    engine::session::DecoderSession::load(
+        runtime(),
+        &m.portable,
+        &SessionOptions {
+            threads: 1,
+            ..SessionOptions::default()
+        },
+    )
+    .unwrap()
+}
