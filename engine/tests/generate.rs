@@ -264,6 +264,10 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
     write_prompts(&prompts_path, &records);
     let (int8, kv8) = (int8_export(&m), int8_kv8_export(&m, &prompts_path));
     assert!(kv8.join(exports::onnx::PREFILL_FILE).is_file());
+    // Its weights are the main graph's, read from `model.onnx.data`: no second copy on disk.
+    assert!(!kv8
+        .join(format!("{}.data", exports::onnx::PREFILL_FILE))
+        .exists());
     let tok = Tokenizer::load(&m.hf).unwrap();
     let load = |model: &Path| backend(model, Device::Cpu, 3, false);
     let (mut b8, mut bf) = (load(&kv8), load(&int8));

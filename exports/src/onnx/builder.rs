@@ -3,7 +3,7 @@
 //! [`GraphBuilder::finish`] checks that every consumed name is produced exactly once and returns a
 //! [`Model`] whose weights are written as one external-data file by [`Model::save`].
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::Path;
 
@@ -14,7 +14,7 @@ use super::proto::{
     NodeProto, OperatorSetIdProto, StringStringEntryProto, TensorProto, TensorShapeProto,
     TypeProto, TypeProtoTensor, ValueInfoProto, DATA_LOCATION_EXTERNAL,
 };
-use crate::error::{Error, Result};
+use crate::error::{Error, IoContext, Result};
 use crate::fsutil;
 
 /// Element types the exporter uses.
@@ -570,41 +570,121 @@ impl Model {
 
     /// Write `dir/{file}` and `dir/{file}.data` (every weight external), each to a temporary name
     /// first and renamed into place, the data file before the graph that points at it.
-    pub fn save(mut self, dir: &Path, file: &str) -> Result<()> {
+    pub fn save(self, dir: &Path, file: &str) -> Result<SavedData> {
+        self.save_beside(dir, file, None)
+    }
+
+    /// As [`Model::save`], but a weight that `earlier` (a graph saved in the same folder) already
+    /// holds under the same name, type, shape and bytes is pointed at there instead of written
+    /// again: an int8-cache folder's float prompt graph shares all its weights with the main graph,
+    /// so it costs no second copy on disk. `dir/{file}.data` holds only the rest and is written
+    /// only if there is some; [`SavedData::wrote_own_data`] says which.
+    pub fn save_beside(
+        mut self,
+        dir: &Path,
+        file: &str,
+        earlier: Option<&SavedData>,
+    ) -> Result<SavedData> {
         let data_name = format!("{file}.data");
+        // The earlier data file is read back once to compare bytes: a name match alone would let a
+        // graph built with different weights (another quantization) silently read the wrong ones.
+        let earlier_bytes = match earlier {
+            Some(e) => {
+                let path = dir.join(&e.data_name);
+                Some((e, std::fs::read(&path).at(&path)?))
+            }
+            None => None,
+        };
         let mut initializers = Vec::with_capacity(self.weights.len());
+        let mut own = Vec::new();
+        let mut index = HashMap::new();
         let mut offset = 0usize;
-        for w in &self.weights {
-            offset = offset.div_ceil(ALIGN) * ALIGN;
+        for w in std::mem::take(&mut self.weights) {
+            let shared = earlier_bytes.as_ref().and_then(|(e, bytes)| {
+                let s = e.index.get(&w.name)?;
+                (s.elem == w.elem
+                    && s.dims == w.dims
+                    && bytes.get(s.offset..s.offset + s.length) == Some(&w.bytes[..]))
+                .then_some((e.data_name.as_str(), s.offset))
+            });
+            let (location, at) = match shared {
+                Some((location, at)) => (location.to_string(), at),
+                None => {
+                    offset = offset.div_ceil(ALIGN) * ALIGN;
+                    let at = offset;
+                    offset += w.bytes.len();
+                    (data_name.clone(), at)
+                }
+            };
             initializers.push(TensorProto {
                 dims: w.dims.iter().map(|d| *d as i64).collect(),
                 data_type: w.elem.onnx(),
                 name: w.name.clone(),
                 external_data: vec![
-                    entry("location", &data_name),
-                    entry("offset", &offset.to_string()),
+                    entry("location", &location),
+                    entry("offset", &at.to_string()),
                     entry("length", &w.bytes.len().to_string()),
                 ],
                 data_location: DATA_LOCATION_EXTERNAL,
                 ..Default::default()
             });
-            offset += w.bytes.len();
-        }
-        let weights = std::mem::take(&mut self.weights);
-        fsutil::write_atomic_with(&dir.join(&data_name), |out| {
-            let mut pos = 0usize;
-            for w in &weights {
-                let pad = pos.div_ceil(ALIGN) * ALIGN - pos;
-                out.write_all(&vec![0u8; pad])?;
-                out.write_all(&w.bytes)?;
-                pos += pad + w.bytes.len();
+            if shared.is_none() {
+                index.insert(
+                    w.name.clone(),
+                    SavedWeight {
+                        elem: w.elem,
+                        dims: w.dims.clone(),
+                        offset: at,
+                        length: w.bytes.len(),
+                    },
+                );
+                own.push(w);
             }
-            Ok(())
-        })?;
+        }
+        let wrote_own_data = !own.is_empty() || earlier.is_none();
+        if wrote_own_data {
+            fsutil::write_atomic_with(&dir.join(&data_name), |out| {
+                let mut pos = 0usize;
+                for w in &own {
+                    let pad = pos.div_ceil(ALIGN) * ALIGN - pos;
+                    out.write_all(&vec![0u8; pad])?;
+                    out.write_all(&w.bytes)?;
+                    pos += pad + w.bytes.len();
+                }
+                Ok(())
+            })?;
+        }
         let graph = self.proto.graph.as_mut().expect("finish sets the graph");
         graph.initializer = initializers;
-        fsutil::write_atomic(&dir.join(file), &self.proto.encode_to_vec())
+        fsutil::write_atomic(&dir.join(file), &self.proto.encode_to_vec())?;
+        Ok(SavedData {
+            data_name,
+            index,
+            wrote_own_data,
+        })
     }
+}
+
+/// Where a saved graph put the weights of its own data file, so that a later graph in the same
+/// folder can point at them ([`Model::save_beside`]).
+pub struct SavedData {
+    data_name: String,
+    index: HashMap<String, SavedWeight>,
+    wrote_own_data: bool,
+}
+
+impl SavedData {
+    /// Whether the graph has a data file of its own (false when every weight was shared).
+    pub fn wrote_own_data(&self) -> bool {
+        self.wrote_own_data
+    }
+}
+
+struct SavedWeight {
+    elem: Elem,
+    dims: Vec<usize>,
+    offset: usize,
+    length: usize,
 }
 
 fn entry(key: &str, value: &str) -> StringStringEntryProto {
@@ -634,6 +714,71 @@ mod tests {
             .expect("must fail")
             .to_string();
         assert!(e.contains("`ghost`"), "{e}");
+    }
+
+    #[test]
+    fn a_second_graph_points_at_the_first_ones_equal_weights_only() {
+        let dir = tempfile::tempdir().unwrap();
+        let model = |b: &[f32], extra: bool| {
+            let mut g = GraphBuilder::new();
+            let x = g.input("x", Elem::F32, &[Dim::Fixed(2)]);
+            let a = g.weight_f32("a", Elem::F32, &[2], &[1.0, 2.0]);
+            let b = g.weight_f32("b", Elem::F32, &[2], b);
+            let xa = g.add(&x, &a);
+            let y = g.add(&xa, &b);
+            let y = if extra {
+                let c = g.weight_f32("c", Elem::F32, &[2], &[5.0, 6.0]);
+                g.add(&y, &c)
+            } else {
+                y
+            };
+            g.output(&y, "y", &[Dim::Fixed(2)]);
+            g.finish(&[("", 21)], 10, "t").unwrap()
+        };
+        let first = model(&[3.0, 4.0], false)
+            .save(dir.path(), "m.onnx")
+            .unwrap();
+        // `a` is equal, `b` has the same name and other bytes, `c` is new.
+        let second = model(&[3.0, 4.5], true)
+            .save_beside(dir.path(), "p.onnx", Some(&first))
+            .unwrap();
+        assert!(second.wrote_own_data());
+        let proto =
+            ModelProto::decode(&*std::fs::read(dir.path().join("p.onnx")).unwrap()).unwrap();
+        let at: Vec<(String, String, String)> = proto
+            .graph
+            .unwrap()
+            .initializer
+            .iter()
+            .map(|t| {
+                let v = |k: &str| {
+                    t.external_data
+                        .iter()
+                        .find(|e| e.key == k)
+                        .unwrap()
+                        .value
+                        .clone()
+                };
+                (t.name.clone(), v("location"), v("offset"))
+            })
+            .collect();
+        let own = std::fs::read(dir.path().join("p.onnx.data")).unwrap();
+        assert_eq!(
+            at,
+            [
+                ("a".into(), "m.onnx.data".into(), "0".into()),
+                ("b".into(), "p.onnx.data".into(), "0".into()),
+                ("c".into(), "p.onnx.data".into(), ALIGN.to_string()),
+            ]
+        );
+        assert_eq!(&own[..8], &[0, 0, 64, 64, 0, 0, 144, 64]); // 3.0, 4.5
+        assert_eq!(&own[ALIGN..], &[0, 0, 160, 64, 0, 0, 192, 64]); // 5.0, 6.0
+                                                                    // A graph whose weights are all the first's writes no data file of its own.
+        let third = model(&[3.0, 4.0], false)
+            .save_beside(dir.path(), "q.onnx", Some(&first))
+            .unwrap();
+        assert!(!third.wrote_own_data());
+        assert!(!dir.path().join("q.onnx.data").exists());
     }
 
     #[test]

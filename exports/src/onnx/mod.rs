@@ -243,20 +243,23 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
     let nodes = graph.node_count();
     let weight_bytes = graph.weight_bytes();
     let mut files = vec![MODEL_FILE.to_string(), format!("{MODEL_FILE}.data")];
-    if kv_scales.is_some() {
-        files.extend([
-            PREFILL_FILE.to_string(),
-            format!("{PREFILL_FILE}.data"),
-            KV_SCALES_FILE.to_string(),
-        ]);
-    }
     let src = cfg.model.clone();
     fsutil::write_dir_atomic(&cfg.out, |dir| {
-        graph.save(dir, MODEL_FILE)?;
+        let saved = graph.save(dir, MODEL_FILE)?;
         if let (Some(scales), Some(ckpt)) = (kv_scales, &ckpt) {
             // Built after the first is saved (`save` consumes it): one graph in memory at a time.
-            llama::build(&model, ckpt, &spec(None))?.save(dir, PREFILL_FILE)?;
+            // Its weights are the main graph's, so it points into `model.onnx.data`.
+            let prefill = llama::build(&model, ckpt, &spec(None))?.save_beside(
+                dir,
+                PREFILL_FILE,
+                Some(&saved),
+            )?;
+            files.push(PREFILL_FILE.to_string());
+            if prefill.wrote_own_data() {
+                files.push(format!("{PREFILL_FILE}.data"));
+            }
             scales.write(&dir.join(KV_SCALES_FILE))?;
+            files.push(KV_SCALES_FILE.to_string());
         }
         if head != HeadKind::Reward {
             let text = serde_json::to_string_pretty(&genai_config::genai_config(
