@@ -126,6 +126,16 @@ impl<'de> Deserialize<'de> for Prompt {
 }
 
 impl Prompt {
+    /// A record's prompt from its `prompt`/`messages` fields (exactly one is set after parsing;
+    /// text wins if both were).
+    fn of(prompt: &Option<String>, messages: &Option<Vec<Message>>) -> Prompt {
+        match (prompt, messages) {
+            (Some(p), _) => Prompt::Text(p.clone()),
+            (None, Some(m)) => Prompt::Messages(m.clone()),
+            (None, None) => Prompt::Text(String::new()),
+        }
+    }
+
     /// The text a repetition metric treats as the context: the raw prompt, or the last message.
     pub fn context_text(&self) -> &str {
         match self {
@@ -308,11 +318,7 @@ impl PromptRecord {
 
     /// The prompt as one value (exactly one of `prompt`/`messages` is set after parsing).
     pub fn to_prompt(&self) -> Prompt {
-        match (&self.prompt, &self.messages) {
-            (Some(p), _) => Prompt::Text(p.clone()),
-            (None, Some(m)) => Prompt::Messages(m.clone()),
-            (None, None) => Prompt::Text(String::new()),
-        }
+        Prompt::of(&self.prompt, &self.messages)
     }
 
     fn parse(mut obj: Map<String, Value>) -> std::result::Result<Self, String> {
@@ -670,12 +676,9 @@ impl GenerationRecord {
         }
     }
 
+    /// The prompt as one value.
     pub fn to_prompt(&self) -> Prompt {
-        match (&self.prompt, &self.messages) {
-            (Some(p), _) => Prompt::Text(p.clone()),
-            (None, Some(m)) => Prompt::Messages(m.clone()),
-            (None, None) => Prompt::Text(String::new()),
-        }
+        Prompt::of(&self.prompt, &self.messages)
     }
 
     fn parse(mut obj: Map<String, Value>) -> std::result::Result<Self, String> {
