@@ -246,18 +246,17 @@ pub fn top_k_candidates(logits: &[f32], k: usize, temperature: f32) -> Vec<(usiz
             .select_nth_unstable_by(k - 1, |a, b| b.total_cmp(a))
             .1
     };
-    let mut scaled = [0f32; BLOCK];
     for (b, block) in logits.chunks(BLOCK).enumerate() {
-        let mut top = f32::NEG_INFINITY;
-        for (s, &l) in scaled.iter_mut().zip(block) {
-            *s = l / temperature;
-            top = top.max(*s);
-        }
+        // Correctly rounded division by a positive temperature is monotone, so the block's
+        // largest scaled logit is its largest raw logit scaled: most blocks are skipped
+        // after one comparison, without dividing each element.
+        let top = block.iter().fold(f32::NEG_INFINITY, |m, &l| m.max(l)) / temperature;
         // NaN never passes (`max` skips it, and `>=` is false for it).
         if top < threshold {
             continue;
         }
-        for (j, &s) in scaled[..block.len()].iter().enumerate() {
+        for (j, &l) in block.iter().enumerate() {
+            let s = l / temperature;
             if s.is_finite() && s >= threshold {
                 cand.push((b * BLOCK + j, s));
             }
