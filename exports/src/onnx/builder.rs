@@ -4,7 +4,7 @@
 //! [`Model`] whose weights are written as one external-data file by [`Model::save`].
 
 use std::collections::{HashMap, HashSet};
-use std::io::Write;
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use prost::Message;
@@ -586,27 +586,37 @@ impl Model {
         earlier: Option<&SavedData>,
     ) -> Result<SavedData> {
         let data_name = format!("{file}.data");
-        // The earlier data file is read back once to compare bytes: a name match alone would let a
-        // graph built with different weights (another quantization) silently read the wrong ones.
-        let earlier_bytes = match earlier {
+        // Candidates are compared with the bytes on disk, one weight at a time (the graph in
+        // memory already holds every weight once): a name match alone would let a graph built
+        // with other weights (another quantization) silently read the wrong ones.
+        let mut earlier_file = match earlier {
             Some(e) => {
                 let path = dir.join(&e.data_name);
-                Some((e, std::fs::read(&path).at(&path)?))
+                Some((e, std::fs::File::open(&path).at(&path)?, path))
             }
             None => None,
         };
+        let mut on_disk = Vec::new();
         let mut initializers = Vec::with_capacity(self.weights.len());
         let mut own = Vec::new();
         let mut index = HashMap::new();
         let mut offset = 0usize;
         for w in std::mem::take(&mut self.weights) {
-            let shared = earlier_bytes.as_ref().and_then(|(e, bytes)| {
-                let s = e.index.get(&w.name)?;
-                (s.elem == w.elem
-                    && s.dims == w.dims
-                    && bytes.get(s.offset..s.offset + s.length) == Some(&w.bytes[..]))
-                .then_some((e.data_name.as_str(), s.offset))
-            });
+            let shared = match &mut earlier_file {
+                Some((e, file, path)) => match e.index.get(&w.name) {
+                    Some(s)
+                        if s.elem == w.elem && s.dims == w.dims && s.length == w.bytes.len() =>
+                    {
+                        on_disk.resize(s.length, 0);
+                        file.seek(SeekFrom::Start(s.offset as u64))
+                            .and_then(|_| file.read_exact(&mut on_disk))
+                            .at(&*path)?;
+                        (on_disk == w.bytes).then_some((e.data_name.as_str(), s.offset))
+                    }
+                    _ => None,
+                },
+                None => None,
+            };
             let (location, at) = match shared {
                 Some((location, at)) => (location.to_string(), at),
                 None => {
