@@ -761,14 +761,7 @@ mod tests {
             .initializer
             .iter()
             .map(|t| {
-                let v = |k: &str| {
-                    t.external_data
-                        .iter()
-                        .find(|e| e.key == k)
-                        .unwrap()
-                        .value
-                        .clone()
-                };
+                let v = |k: &str| t.external(k).to_string();
                 (t.name.clone(), v("location"), v("offset"))
             })
             .collect();

@@ -344,15 +344,7 @@ mod tests {
         for t in &graph.initializer {
             assert_eq!(t.data_location, proto::DATA_LOCATION_EXTERNAL, "{}", t.name);
             assert!(t.raw_data.is_empty(), "{}", t.name);
-            let field = |k: &str| {
-                t.external_data
-                    .iter()
-                    .find(|e| e.key == k)
-                    .unwrap()
-                    .value
-                    .parse::<usize>()
-                    .unwrap()
-            };
+            let field = |k: &str| t.external(k).parse::<usize>().unwrap();
             end = end.max(field("offset") + field("length"));
         }
         assert_eq!(end, data_len);
@@ -399,15 +391,7 @@ mod tests {
             .initializer
             .into_iter()
             .map(|t| {
-                let field = |k: &str| {
-                    t.external_data
-                        .iter()
-                        .find(|e| e.key == k)
-                        .unwrap()
-                        .value
-                        .parse::<usize>()
-                        .unwrap()
-                };
+                let field = |k: &str| t.external(k).parse::<usize>().unwrap();
                 let (o, l) = (field("offset"), field("length"));
                 (t.name.clone(), (t.dims.clone(), data[o..o + l].to_vec()))
             })

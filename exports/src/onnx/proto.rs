@@ -124,6 +124,16 @@ pub struct TensorProto {
     pub data_location: i32,
 }
 
+#[cfg(test)]
+impl TensorProto {
+    /// The value of an external-data entry (`location`, `offset`, `length`); panics if absent.
+    pub fn external(&self, key: &str) -> &str {
+        let e = self.external_data.iter().find(|e| e.key == key);
+        &e.unwrap_or_else(|| panic!("{}: no external-data `{key}`", self.name))
+            .value
+    }
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct ValueInfoProto {
     #[prost(string, tag = "1")]
