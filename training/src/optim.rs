@@ -95,12 +95,6 @@ struct Slot {
     v: Tensor,
 }
 
-/// Elements per piece of an in-place update: the update walks each parameter in flat pieces of
-/// this size, so the handful of passes it makes over a piece (parameter, gradient, two moments
-/// and a scratch piece: 5 MiB in fp32) stay in cache instead of streaming the model through
-/// memory once per operation.
-const PIECE: i64 = 1 << 18;
-
 /// One moment tensor as a safetensors view (see [`AdamW::save`]).
 struct Moment {
     t: Tensor,
@@ -161,6 +155,19 @@ impl safetensors::View for Moment {
 
 extern "C" {
     fn pco_grad_set_none(tensor: *mut std::ffi::c_void) -> i32;
+    fn pco_fused_adamw(
+        params: *mut *mut std::ffi::c_void,
+        grads: *mut *mut std::ffi::c_void,
+        ms: *mut *mut std::ffi::c_void,
+        vs: *mut *mut std::ffi::c_void,
+        n: i32,
+        lr: f64,
+        beta1: f64,
+        beta2: f64,
+        weight_decay: f64,
+        eps: f64,
+        step: f64,
+    ) -> i32;
 }
 
 /// Drop `t`'s gradient (`t.grad = None`), as PyTorch's `zero_grad(set_to_none=True)` does.
@@ -179,33 +186,22 @@ fn drop_grad(t: &mut Tensor) {
 
 /// AdamW over named parameters.
 ///
-/// The update runs in place on the parameters and moments with one preallocated scratch piece
-/// ([`PIECE`] elements): a step allocates nothing, where the tensor-expression form of the same
-/// update allocated five temporaries the size of each parameter (the embedding's are 113 MB
-/// each at SmolLM2's 49k × 576). Every element goes through the very same sequence of fp32
-/// operations as that form (`m·β1 + g·(1−β1)`, `v·β2 + g²·(1−β2)`, `m / (√(v/bc2) + ε) · lr/bc1`),
-/// so the result is bit for bit the same (tested against it below).
+/// The update runs in place on the parameters and moments through libtorch's fused AdamW kernel
+/// (`torch.optim.AdamW(fused=True)`, csrc/adamw.cpp): one vectorized pass over each element's
+/// parameter, gradient and moments, with PyTorch's arithmetic (`m += (g − m)·(1−β1)`,
+/// `v = v·β2 + g²·(1−β2)`, `p −= lr/bc1 · m / (√v/√bc2 + ε)`, decay `p −= lr·wd·p` first). It
+/// allocates nothing the size of a parameter, and each element's result does not depend on the
+/// thread count, so a resumed run continues bit for bit.
 pub struct AdamW {
     slots: Vec<Slot>,
-    /// `[PIECE]` per parameter kind and device in use, reused by every update.
-    scratch: Vec<Tensor>,
     /// Optimizer steps taken (the bias corrections use `step`).
     pub step: u64,
-}
-
-/// `t` as a flat view sharing its storage; moments and parameters are always contiguous.
-fn flat(t: &Tensor) -> Tensor {
-    assert!(
-        t.is_contiguous(),
-        "AdamW updates contiguous tensors in place; this is a bug"
-    );
-    t.view([-1])
 }
 
 impl AdamW {
     /// `params`: `(name, tensor)`; tensors of rank < 2 (biases and norms) get no weight decay.
     pub fn new(params: Vec<(String, Tensor)>) -> Self {
-        let slots: Vec<Slot> = params
+        let slots = params
             .into_iter()
             .map(|(name, param)| Slot {
                 decay: param.dim() >= 2,
@@ -215,21 +211,7 @@ impl AdamW {
                 param,
             })
             .collect();
-        let mut scratch: Vec<Tensor> = Vec::new();
-        for s in &slots {
-            let (kind, device) = (s.param.kind(), s.param.device());
-            if !scratch
-                .iter()
-                .any(|t| t.kind() == kind && t.device() == device)
-            {
-                scratch.push(Tensor::zeros([PIECE], (kind, device)));
-            }
-        }
-        AdamW {
-            slots,
-            scratch,
-            step: 0,
-        }
+        AdamW { slots, step: 0 }
     }
 
     /// Drop every gradient before the next accumulation (see [`drop_grad`]). A parameter that
@@ -272,54 +254,63 @@ impl AdamW {
 
     /// One AdamW update with learning rate `lr`, in place (see the type's docs).
     pub fn apply(&mut self, lr: f64, cfg: &OptimConfig) {
-        let _guard = tch::no_grad_guard();
         self.step += 1;
-        let t = self.step as i32;
-        let bc1 = 1.0 - cfg.beta1.powi(t);
-        let bc2 = 1.0 - cfg.beta2.powi(t);
-        for s in &mut self.slots {
-            let g = s.param.grad();
-            if !g.defined() {
+        // One call per group the kernel takes as one list: same weight decay, kind and device.
+        let mut groups: Vec<((bool, Kind, tch::Device), Vec<usize>)> = Vec::new();
+        for (i, s) in self.slots.iter().enumerate() {
+            if !s.param.grad().defined() {
                 continue;
             }
-            if s.decay && cfg.weight_decay > 0.0 {
-                let _ = s.param.g_mul_scalar_(1.0 - lr * cfg.weight_decay);
+            let key = (
+                s.decay && cfg.weight_decay > 0.0,
+                s.param.kind(),
+                s.param.device(),
+            );
+            match groups.iter_mut().find(|(k, _)| *k == key) {
+                Some((_, members)) => members.push(i),
+                None => groups.push((key, vec![i])),
             }
-            let scratch = self
-                .scratch
+        }
+        for ((decay, _, _), members) in groups {
+            let grads: Vec<Tensor> = members
                 .iter()
-                .find(|t| t.kind() == s.param.kind() && t.device() == s.param.device())
-                .expect("a scratch piece for every parameter kind; this is a bug");
-            let (p, m, v) = (flat(&s.param), flat(&s.m), flat(&s.v));
-            // The gradient is only read: a copy of a non-contiguous one is fine.
-            let g = g.reshape([-1]);
-            let n = p.size()[0];
-            let mut start = 0;
-            while start < n {
-                let len = PIECE.min(n - start);
-                let piece = |t: &Tensor| t.narrow(0, start, len);
-                let (mut p, mut m, mut v, g) = (piece(&p), piece(&m), piece(&v), piece(&g));
-                let mut tmp = scratch.narrow(0, 0, len);
-                // m = m·β1 + g·(1−β1)
-                tmp.copy_(&g);
-                let _ = tmp.g_mul_scalar_(1.0 - cfg.beta1);
-                let _ = m.g_mul_scalar_(cfg.beta1);
-                let _ = m.g_add_(&tmp);
-                // v = v·β2 + g²·(1−β2)
-                tmp.copy_(&g);
-                let _ = tmp.g_mul_(&g);
-                let _ = tmp.g_mul_scalar_(1.0 - cfg.beta2);
-                let _ = v.g_mul_scalar_(cfg.beta2);
-                let _ = v.g_add_(&tmp);
-                // p -= m / (√(v/bc2) + ε) · lr/bc1
-                tmp.copy_(&v);
-                let _ = tmp.g_div_scalar_(bc2);
-                let _ = tmp.sqrt_();
-                let _ = tmp.g_add_scalar_(cfg.eps);
-                let _ = m.div_out(&tmp, &tmp);
-                let _ = tmp.g_mul_scalar_(lr / bc1);
-                let _ = p.g_sub_(&tmp);
-                start += len;
+                .map(|&i| self.slots[i].param.grad())
+                .collect();
+            let ptrs = |f: &dyn Fn(&Slot) -> &Tensor| -> Vec<*mut std::ffi::c_void> {
+                members
+                    .iter()
+                    .map(|&i| f(&self.slots[i]).as_ptr() as *mut std::ffi::c_void)
+                    .collect()
+            };
+            let (mut p, mut m, mut v) = (ptrs(&|s| &s.param), ptrs(&|s| &s.m), ptrs(&|s| &s.v));
+            let mut g: Vec<*mut std::ffi::c_void> = grads
+                .iter()
+                .map(|t| t.as_ptr() as *mut std::ffi::c_void)
+                .collect();
+            let wd = if decay { cfg.weight_decay } else { 0.0 };
+            // SAFETY: every pointer is a live `at::Tensor*` owned by `self.slots` or `grads` for
+            // the whole call; csrc/adamw.cpp catches libtorch's exceptions.
+            let rc = unsafe {
+                pco_fused_adamw(
+                    p.as_mut_ptr(),
+                    g.as_mut_ptr(),
+                    m.as_mut_ptr(),
+                    v.as_mut_ptr(),
+                    members.len() as i32,
+                    lr,
+                    cfg.beta1,
+                    cfg.beta2,
+                    wd,
+                    cfg.eps,
+                    self.step as f64,
+                )
+            };
+            match rc {
+                0 => {}
+                -2 => panic!(
+                    "AdamW updates contiguous parameters and moments in place; this is a bug"
+                ),
+                _ => panic!("libtorch's fused AdamW kernel failed"),
             }
         }
     }
@@ -461,7 +452,8 @@ mod tests {
         }
     }
 
-    /// The update as tensor expressions (what `apply` computed before it went in place).
+    /// The update as tensor expressions in PyTorch's arithmetic (`torch.optim.AdamW`'s
+    /// single-tensor form).
     fn expression_form(
         p: &mut Tensor,
         m: &mut Tensor,
@@ -476,36 +468,29 @@ mod tests {
         if p.dim() >= 2 && c.weight_decay > 0.0 {
             let _ = p.g_mul_scalar_(1.0 - lr * c.weight_decay);
         }
-        *m = &*m * c.beta1 + &g * (1.0 - c.beta1);
+        *m = &*m + (&g - &*m) * (1.0 - c.beta1);
         *v = &*v * c.beta2 + g.square() * (1.0 - c.beta2);
-        let denom = (&*v / bc2).sqrt() + c.eps;
+        let denom = v.sqrt() / bc2.sqrt() + c.eps;
         let update = &*m / denom * (lr / bc1);
         let _ = p.g_sub_(&update);
     }
 
-    /// Bit-identical to the expression form, across piece boundaries (a parameter of 2.3 pieces,
-    /// a non-contiguous gradient) and over steps with changing gradients and learning rates; and
-    /// the moments stay where they were allocated (updated in place).
-    #[test]
-    fn in_place_update_equals_the_expression_form_bit_for_bit() {
+    /// Four steps of three parameters (a large matrix, a vector, a matrix whose gradient comes out
+    /// transposed) with changing gradients and learning rates, once on 1 thread and once on 2.
+    /// Returns the parameters and moments after each step, and whether the moments stayed where
+    /// they were allocated.
+    fn run_steps(threads: i32) -> (Vec<Vec<Tensor>>, bool) {
+        tch::set_num_threads(threads);
         tch::manual_seed(3);
         let k = (Kind::Float, tch::Device::Cpu);
-        let shapes: [&[i64]; 3] = [&[3, PIECE * 3 / 4 + 5], &[17], &[6, 9]];
-        let init: Vec<Tensor> = shapes.iter().map(|s| Tensor::randn(*s, k)).collect();
-        let ours: Vec<Tensor> = init
+        let shapes: [&[i64]; 3] = [&[3, 200_003], &[17], &[6, 9]];
+        let params: Vec<Tensor> = shapes
             .iter()
-            .map(|t| t.copy().set_requires_grad(true))
-            .collect();
-        let mut refs: Vec<Tensor> = init
-            .iter()
-            .map(|t| t.copy().set_requires_grad(true))
-            .collect();
-        let mut moments: Vec<(Tensor, Tensor)> = init
-            .iter()
-            .map(|t| (t.zeros_like(), t.zeros_like()))
+            .map(|s| Tensor::randn(*s, k).set_requires_grad(true))
             .collect();
         let mut opt = AdamW::new(
-            ours.iter()
+            params
+                .iter()
                 .enumerate()
                 .map(|(i, t)| (format!("t{i}"), t.shallow_clone()))
                 .collect(),
@@ -515,39 +500,96 @@ mod tests {
             ..Default::default()
         };
         let ptrs: Vec<usize> = opt.slots.iter().map(|s| s.m.data_ptr() as usize).collect();
+        let mut after = Vec::new();
         for step in 1..=4 {
-            let lr = 1e-3 / step as f64;
-            for (i, (a, b)) in ours.iter().zip(&refs).enumerate() {
-                // A loss whose gradient varies per element and per step; the matrix's gradient
-                // comes out transposed (non-contiguous) through `t()`.
-                let w = Tensor::randn(a.size(), k);
-                for x in [a, b] {
-                    let l = if i == 2 {
-                        (x.transpose(0, 1) * w.transpose(0, 1))
-                            .sin()
-                            .sum(Kind::Float)
-                    } else {
-                        (x * &w).sin().sum(Kind::Float)
-                    };
-                    l.backward();
-                }
+            for (i, x) in params.iter().enumerate() {
+                let w = Tensor::randn(x.size(), k);
+                let l = if i == 2 {
+                    (x.transpose(0, 1) * w.transpose(0, 1))
+                        .sin()
+                        .sum(Kind::Float)
+                } else {
+                    (x * &w).sin().sum(Kind::Float)
+                };
+                l.backward();
             }
-            opt.apply(lr, &cfg);
-            for (r, (m, v)) in refs.iter_mut().zip(moments.iter_mut()) {
-                expression_form(r, m, v, step, lr, &cfg);
-            }
+            opt.apply(1e-3 / step as f64, &cfg);
             opt.zero_grad();
-            for r in &mut refs {
+            let mut state: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
+            for s in &opt.slots {
+                state.push(s.m.copy());
+                state.push(s.v.copy());
+            }
+            after.push(state);
+        }
+        let same = ptrs
+            == opt
+                .slots
+                .iter()
+                .map(|s| s.m.data_ptr() as usize)
+                .collect::<Vec<_>>();
+        (after, same)
+    }
+
+    /// The fused update equals PyTorch's arithmetic as tensor expressions to float rounding, for
+    /// matrices (decayed) and vectors (not), a non-contiguous gradient and a parameter larger than
+    /// a thread's share; it is bit for bit the same on 1 and 2 threads (so a resumed run continues
+    /// exactly on another machine); and it updates the moments where they were allocated.
+    #[test]
+    fn fused_update_equals_the_expression_form_on_any_thread_count() {
+        let (two, in_place) = run_steps(2);
+        assert!(in_place, "the moments were reallocated");
+        let (one, _) = run_steps(1);
+        tch::set_num_threads(2);
+        for (a, b) in one.iter().flatten().zip(two.iter().flatten()) {
+            assert!(a.equal(b), "1 and 2 threads differ");
+        }
+
+        tch::manual_seed(3);
+        let k = (Kind::Float, tch::Device::Cpu);
+        let shapes: [&[i64]; 3] = [&[3, 200_003], &[17], &[6, 9]];
+        let mut refs: Vec<Tensor> = shapes
+            .iter()
+            .map(|s| Tensor::randn(*s, k).set_requires_grad(true))
+            .collect();
+        let mut moments: Vec<(Tensor, Tensor)> = refs
+            .iter()
+            .map(|t| (t.zeros_like(), t.zeros_like()))
+            .collect();
+        let cfg = OptimConfig {
+            weight_decay: 0.05,
+            ..Default::default()
+        };
+        for (step, ours) in (1..=4).zip(&two) {
+            for (i, x) in refs.iter().enumerate() {
+                let w = Tensor::randn(x.size(), k);
+                let l = if i == 2 {
+                    (x.transpose(0, 1) * w.transpose(0, 1))
+                        .sin()
+                        .sum(Kind::Float)
+                } else {
+                    (x * &w).sin().sum(Kind::Float)
+                };
+                l.backward();
+            }
+            for (r, (m, v)) in refs.iter_mut().zip(moments.iter_mut()) {
+                expression_form(r, m, v, step, 1e-3 / step as f64, &cfg);
                 r.zero_grad();
             }
-            for (a, b) in ours.iter().zip(&refs) {
-                assert!(a.equal(b), "step {step}: parameters differ");
-            }
-            for (s, (m, v)) in opt.slots.iter().zip(&moments) {
-                assert!(s.m.equal(m) && s.v.equal(v), "step {step}: moments differ");
+            // Parameters first, then each slot's m and v, as `run_steps` lists them.
+            let want: Vec<&Tensor> = refs
+                .iter()
+                .chain(moments.iter().flat_map(|(m, v)| [m, v]))
+                .collect();
+            assert_eq!(ours.len(), want.len());
+            for (o, w) in ours.iter().zip(want) {
+                let diff = (o - w).abs().max().double_value(&[]);
+                let scale = w.abs().max().double_value(&[]).max(1e-30);
+                assert!(
+                    diff <= 1e-6 * scale,
+                    "step {step}: off by {diff} (scale {scale})"
+                );
             }
         }
-        let after: Vec<usize> = opt.slots.iter().map(|s| s.m.data_ptr() as usize).collect();
-        assert_eq!(ptrs, after, "the moments were reallocated");
     }
 }
