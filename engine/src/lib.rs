@@ -4,6 +4,7 @@
 pub mod bootstrap;
 pub mod eval;
 pub mod generate;
+pub mod int8_attention;
 pub mod kv_scales;
 pub mod label;
 pub mod metrics;

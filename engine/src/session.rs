@@ -218,6 +218,13 @@ pub fn builder(runtime: &Runtime, opts: &SessionOptions) -> Result<SessionBuilde
         .with_intra_threads(threads)
         .map_err(ort::Error::<()>::from)
         .with_context(|| format!("setting {threads} intra-op threads"))?;
+    // Our own operators (`ai.pco`), for the graphs that use them; a graph without them is unaffected.
+    builder = builder
+        .with_operators(
+            crate::int8_attention::domain().context("creating the ai.pco operator domain")?,
+        )
+        .map_err(ort::Error::<()>::from)
+        .context("registering the ai.pco operators")?;
     // A developer's switch, not a setting: ONNX Runtime's per-node profile (issue #14's "profile
     // the decode step"), written as `{prefix}_{date}.json` when the session ends.
     if let Some(prefix) = std::env::var_os("PCO_ORT_PROFILE") {

@@ -263,6 +263,9 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
     let records = prompts(6);
     write_prompts(&prompts_path, &records);
     let (int8, kv8) = (int8_export(&m), int8_kv8_export(&m, &prompts_path));
+    // The reference for the cache bytes: the same folder whose graph attends with ONNX Runtime's
+    // GroupQueryAttention, which also runs prompts (the engine's operator runs decode steps only).
+    let gqa = int8_kv8_export_with(&m, &prompts_path, exports::onnx::KvAttention::Ort);
     assert!(kv8.join(exports::onnx::PREFILL_FILE).is_file());
     // Its weights are the main graph's, read from `model.onnx.data`: no second copy on disk.
     assert!(!kv8
@@ -272,7 +275,7 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
     let load = |model: &Path| backend(model, Device::Cpu, 3, false);
     let (mut b8, mut bf) = (load(&kv8), load(&int8));
     assert!(b8.prefills_in_float() && !bf.prefills_in_float());
-    let mut own = DecoderSession::load(runtime(), &kv8, &SessionOptions::default()).unwrap();
+    let mut own = DecoderSession::load(runtime(), &gqa, &SessionOptions::default()).unwrap();
     let layers = own.io().layers;
     let mut saturated = 0;
     for r in &records {
@@ -321,6 +324,90 @@ fn an_int8_cache_folder_prefills_through_its_float_twin() {
             );
         }
     }
+}
+
+/// The engine's int8-cache decode attention (`ai.pco:Int8CacheAttention`, the default of an
+/// `--kv-cache int8` folder) against ONNX Runtime's GroupQueryAttention over the same cache
+/// (`--kv-attention ort`): three prompts prefilled alike (both through the same float twin), then
+/// eight decode steps teacher-forced with the same tokens (ONNX Runtime's greedy ones). Each
+/// step's logits agree to float rounding, and the keys and values each writes into layer 0 (whose
+/// inputs both graphs share exactly) are the same bytes.
+#[test]
+fn the_engines_int8_cache_attention_equals_onnx_runtimes() {
+    use engine::generate::backend::StepRow;
+    let m = models(23);
+    let prompts_path = m.dir.path().join("prompts.jsonl");
+    let records = prompts(6);
+    write_prompts(&prompts_path, &records);
+    let ours = int8_kv8_export(&m, &prompts_path);
+    let gqa = int8_kv8_export_with(&m, &prompts_path, exports::onnx::KvAttention::Ort);
+    let graph = std::fs::read(ours.join("model.onnx")).unwrap();
+    let has = |op: &str| graph.windows(op.len()).any(|w| w == op.as_bytes());
+    assert!(has("Int8CacheAttention") && !has("GroupQueryAttention"));
+    let tok = Tokenizer::load(&m.hf).unwrap();
+    let (mut a, mut b) = (
+        backend(&ours, Device::Cpu, 3, false),
+        backend(&gqa, Device::Cpu, 3, false),
+    );
+    let layers = DecoderSession::load(runtime(), &gqa, &SessionOptions::default())
+        .unwrap()
+        .io()
+        .layers;
+    let mut rows = Vec::new();
+    for (slot, r) in records[..3].iter().enumerate() {
+        let ids = tok.prompt_ids(&r.to_prompt()).unwrap();
+        let la = a.prefill(slot, &ids).unwrap().to_vec();
+        assert_eq!(
+            la,
+            b.prefill(slot, &ids).unwrap(),
+            "{}: prompt logits",
+            r.id
+        );
+        rows.push(Some(StepRow {
+            token: argmax(&la),
+            pos: ids.len(),
+        }));
+    }
+    let mut worst = 0.0f32;
+    for step in 0..8 {
+        let la = a.decode(&rows).unwrap().to_vec();
+        let lb = b.decode(&rows).unwrap().to_vec();
+        let scale = lb.iter().fold(1.0f32, |m, x| m.max(x.abs()));
+        let diff = la
+            .iter()
+            .zip(&lb)
+            .fold(0.0f32, |m, (x, y)| m.max((x - y).abs()));
+        assert!(
+            diff <= 1e-4 * scale,
+            "step {step}: logits differ by {diff} (scale {scale})"
+        );
+        worst = worst.max(diff);
+        let vocab = lb.len() / rows.len();
+        for (row, logits) in rows.iter_mut().zip(lb.chunks(vocab)) {
+            let r = row.as_mut().unwrap();
+            r.token = argmax(logits);
+            r.pos += 1;
+        }
+    }
+    eprintln!("largest logit difference over 8 steps: {worst}");
+    for (slot, r) in rows.iter().enumerate() {
+        let len = r.unwrap().pos;
+        for buffer in [0, layers] {
+            assert_eq!(
+                a.slot_bytes(buffer, slot, len),
+                b.slot_bytes(buffer, slot, len),
+                "slot {slot}, layer 0 buffer {buffer}"
+            );
+        }
+    }
+}
+
+fn argmax(logits: &[f32]) -> TokenId {
+    let best = logits
+        .iter()
+        .enumerate()
+        .fold(0, |best, (i, &x)| if x > logits[best] { i } else { best });
+    TokenId(best as u32)
 }
 
 fn int8_bytes_are_batch_invariant(m: &Models, int8: &Path, prompts_path: &Path) {

@@ -134,6 +134,17 @@ struct OnnxArgs {
     /// The int8 cache's scales, as `engine kv-scales` writes them (safetensors).
     #[arg(long, value_name = "FILE")]
     kv_scales: Option<PathBuf>,
+    /// The decode graph's attention over an int8 cache: engine = the engine's own
+    /// `ai.pco:Int8CacheAttention` (faster on CPU; the graph then runs only in `engine`), ort =
+    /// ONNX Runtime's GroupQueryAttention (any ONNX Runtime runs it).
+    #[arg(long, value_enum, default_value = "engine")]
+    kv_attention: KvAttentionArg,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum KvAttentionArg {
+    Engine,
+    Ort,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -284,6 +295,10 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                     let model = exports::ModelConfig::load(&a.model)?;
                     exports::onnx::KvCache::Int8(exports::onnx::KvScales::read(file, &model)?)
                 }
+            };
+            cfg.kv_attention = match a.kv_attention {
+                KvAttentionArg::Engine => exports::onnx::KvAttention::Engine,
+                KvAttentionArg::Ort => exports::onnx::KvAttention::Ort,
             };
             cfg.fusions = a.fusions.map(|list| exports::onnx::Fusions {
                 packed_qkv: list.contains(&FusionArg::PackedQkv),

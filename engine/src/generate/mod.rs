@@ -12,6 +12,7 @@ pub mod config;
 pub mod device;
 mod float_prefill;
 pub mod kv;
+pub(crate) mod kv_quant;
 pub mod pipeline;
 pub mod prompts;
 pub mod scheduler;

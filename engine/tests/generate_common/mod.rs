@@ -66,8 +66,18 @@ pub fn int8_export(m: &Models) -> PathBuf {
 }
 
 /// The int8 graph of `m` with an int8 KV cache too, its scales measured on the fp32 ort graph
-/// over `prompts` (`engine kv-scales`, then `exports onnx --kv-cache int8`).
+/// over `prompts` (`engine kv-scales`, then `exports onnx --kv-cache int8`): decode attention
+/// by the engine's own operator, the default.
 pub fn int8_kv8_export(m: &Models, prompts: &Path) -> PathBuf {
+    int8_kv8_export_with(m, prompts, exports::onnx::KvAttention::Engine)
+}
+
+/// [`int8_kv8_export`] with the decode graph's attention named (`--kv-attention`).
+pub fn int8_kv8_export_with(
+    m: &Models,
+    prompts: &Path,
+    attention: exports::onnx::KvAttention,
+) -> PathBuf {
     let scales = m.dir.path().join("kv-scales.safetensors");
     let cfg = engine::kv_scales::KvScalesConfig {
         model: m.ort.clone(),
@@ -77,8 +87,9 @@ pub fn int8_kv8_export(m: &Models, prompts: &Path) -> PathBuf {
         session: Default::default(),
     };
     engine::kv_scales::run(runtime(), &cfg).unwrap();
-    let out = m.dir.path().join("ort-int8-kv8");
+    let out = m.dir.path().join(format!("ort-int8-kv8-{attention:?}"));
     let mut e = OnnxExportConfig::new(&m.hf, &out);
+    e.kv_attention = attention;
     e.flavor = Some(Flavor::Ort);
     e.last_logits_only = true;
     e.weights = exports::onnx::WeightFormat::Int8;

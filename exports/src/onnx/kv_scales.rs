@@ -106,6 +106,24 @@ pub enum KvCache {
     Int8(KvScales),
 }
 
+/// Which operator attends over an int8 cache in the decode graph (`--kv-attention`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum KvAttention {
+    /// The engine's own `ai.pco:Int8CacheAttention` ([`INT8_CACHE_ATTENTION`]; CPU, one new token
+    /// a row): each cached row converted once for the query heads that share it, 2.7× ONNX
+    /// Runtime's kernel on the real job's decode (BENCHMARKS.md). Such a graph runs only in
+    /// `engine`, which registers the operator. Used where it applies (fp32 graph, rotary on packed
+    /// q|k|v, no sliding window, at most 8 query heads per kv head), ONNX Runtime's elsewhere.
+    #[default]
+    Engine,
+    /// com.microsoft `GroupQueryAttention` with its quantized cache: any ONNX Runtime runs it.
+    Ort,
+}
+
+/// The engine's operator domain, and its int8-cache decode attention (see [`KvAttention`]).
+pub const ENGINE_DOMAIN: &str = "ai.pco";
+pub const INT8_CACHE_ATTENTION: &str = "Int8CacheAttention";
+
 impl KvCache {
     pub fn as_str(&self) -> &'static str {
         match self {

@@ -19,7 +19,7 @@
 //! The `ort` flavor is all three.
 
 use super::builder::{Elem, GraphBuilder, Model, Value};
-use super::kv_scales::KvScales;
+use super::kv_scales::{KvAttention, KvScales, ENGINE_DOMAIN, INT8_CACHE_ATTENTION};
 use super::layers::{self, AttentionCtx, DecoderInputs, HeadKind, LinearWeight, Weights};
 use super::quant::WeightFormat;
 use super::Flavor;
@@ -60,6 +60,8 @@ pub struct LlamaSpec<'a> {
     pub weights: WeightFormat,
     /// An int8 KV cache with these scales (GroupQueryAttention only); `None`: the cache is `elem`.
     pub kv_scales: Option<&'a KvScales>,
+    /// Which operator attends over an int8 cache (ignored without `kv_scales`).
+    pub kv_attention: KvAttention,
 }
 
 struct Ctx<'a> {
@@ -205,6 +207,17 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
         spec.elem
     };
     let inputs = layers::decoder_inputs(&mut g, cfg, kv_elem, !f.gqa);
+    // The engine's int8-cache attention where it applies (see `KvAttention::Engine`).
+    let engine_attention = spec.kv_scales.is_some()
+        && spec.kv_attention == KvAttention::Engine
+        && spec.elem == Elem::F32
+        && cfg.sliding_window.is_none()
+        && cfg
+            .num_attention_heads
+            .is_multiple_of(cfg.num_key_value_heads)
+        && cfg.num_attention_heads / cfg.num_key_value_heads <= 8
+        && cfg.head_dim.is_multiple_of(16);
+    let mut uses_engine_ops = false;
     let x = ctx.embed(&mut g, &inputs)?;
     let attn = if f.gqa {
         Attn::Gqa(gqa_inputs(&mut g, &ctx, &inputs))
@@ -295,15 +308,14 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
                         g.weight_f32(&name, Elem::F32, &shape, v)
                     })
                 });
-                gqa(
-                    &mut g,
-                    cfg,
-                    &qkv,
-                    past,
-                    gi,
-                    !cfg.nope_layers.contains(&l),
-                    scales.as_ref(),
-                )
+                let rotary = !cfg.nope_layers.contains(&l);
+                match scales.as_ref() {
+                    Some(scales) if engine_attention && rotary && qkv.len() == 1 => {
+                        uses_engine_ops = true;
+                        int8_cache_attention(&mut g, cfg, &qkv[0], past, gi, scales)
+                    }
+                    scales => gqa(&mut g, cfg, &qkv, past, gi, rotary, scales),
+                }
             }
             Attn::Portable(pc) => {
                 let mut q = g.reshape(&qkv[0], &[0, 0, nq as i64, hd as i64]);
@@ -349,12 +361,14 @@ pub fn build(cfg: &ModelConfig, ckpt: &Checkpoint, spec: &LlamaSpec) -> Result<M
     let head_w = ctx.head_weight(&mut g, spec.head)?;
     layers::emit_head(&mut g, spec.head, &hidden, &head_w, &inputs, cfg.vocab_size);
     layers::present_outputs(&mut g, cfg, &keys, &values);
-    let opsets: &[(&str, i64)] = if f.contrib() {
-        &[("", 21), (MS, 1)]
-    } else {
-        &[("", 21)]
-    };
-    g.finish(opsets, super::IR_VERSION, super::PRODUCER)
+    let mut opsets: Vec<(&str, i64)> = vec![("", 21)];
+    if f.contrib() {
+        opsets.push((MS, 1));
+    }
+    if uses_engine_ops {
+        opsets.push((ENGINE_DOMAIN, 1));
+    }
+    g.finish(&opsets, super::IR_VERSION, super::PRODUCER)
 }
 
 const MS: &str = "com.microsoft";
@@ -464,6 +478,47 @@ fn gqa_inputs(g: &mut GraphBuilder, ctx: &Ctx, inputs: &DecoderInputs) -> GqaInp
         total,
         cos: g.weight_f32("cos_cache", ctx.w.elem, &[max, half], &cos),
         sin: g.weight_f32("sin_cache", ctx.w.elem, &[max, half], &sin),
+    }
+}
+
+/// The engine's `ai.pco:Int8CacheAttention` on packed QKV over an int8 cache (decode steps; see
+/// `engine::int8_attention`): GroupQueryAttention's inputs and outputs, less those it leaves empty.
+fn int8_cache_attention(
+    g: &mut GraphBuilder,
+    cfg: &ModelConfig,
+    qkv: &Value,
+    past: [&Value; 2],
+    gi: &GqaInputs,
+    [ks, vs]: &[Value; 2],
+) -> layers::AttentionOut {
+    let mut outs = g
+        .op(
+            INT8_CACHE_ATTENTION,
+            &[
+                qkv,
+                past[0],
+                past[1],
+                &gi.seqlens_k,
+                &gi.total,
+                &gi.cos,
+                &gi.sin,
+                ks,
+                vs,
+            ],
+        )
+        .domain(ENGINE_DOMAIN)
+        .attr("num_heads", cfg.num_attention_heads as i64)
+        .attr("kv_num_heads", cfg.num_key_value_heads as i64)
+        .attr("scale", 1.0 / (cfg.head_dim as f32).sqrt())
+        .build_n(3);
+    let mut present_value = outs.pop().expect("three outputs");
+    let mut present_key = outs.pop().expect("three outputs");
+    present_key.elem = Elem::I8;
+    present_value.elem = Elem::I8;
+    layers::AttentionOut {
+        out: outs.pop().expect("three outputs"),
+        present_key,
+        present_value,
     }
 }
 

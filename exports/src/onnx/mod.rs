@@ -25,7 +25,7 @@ pub mod quant;
 use std::path::{Path, PathBuf};
 
 pub use builder::Elem;
-pub use kv_scales::{KvCache, KvScales};
+pub use kv_scales::{KvAttention, KvCache, KvScales, ENGINE_DOMAIN, INT8_CACHE_ATTENTION};
 pub use layers::HeadKind;
 pub use llama::Fusions;
 pub use quant::WeightFormat;
@@ -90,6 +90,8 @@ pub struct OnnxExportConfig {
     pub weights: WeightFormat,
     /// GroupQueryAttention graphs: the cache in int8 with static scales (`--kv-cache int8`).
     pub kv_cache: KvCache,
+    /// The decode graph's attention over an int8 cache (`--kv-attention`).
+    pub kv_attention: KvAttention,
 }
 
 impl OnnxExportConfig {
@@ -105,6 +107,7 @@ impl OnnxExportConfig {
             adapter: None,
             weights: WeightFormat::Float,
             kv_cache: KvCache::Float,
+            kv_attention: KvAttention::default(),
         }
     }
 }
@@ -232,6 +235,7 @@ pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
         head,
         weights: cfg.weights,
         kv_scales,
+        kv_attention: cfg.kv_attention,
     };
     let graph = if model.model_type.is_llama_family() {
         llama::build(&model, &ckpt, &spec(kv_scales))?
