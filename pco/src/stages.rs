@@ -581,6 +581,11 @@ fn new_pair_stages(st: &Settings, run: &RunLayout, it: &IterLayout) -> Vec<Stage
                 resource: Resource::Infer,
             });
             flags.extend(["--kv-cache".into(), "int8".into()]);
+            // The engine's int8-cache attention runs decode steps on CPU, where prompts go through
+            // the folder's float twin; on a GPU every step runs ONNX Runtime's own operator.
+            if st.devices.generate.starts_with("cuda") {
+                flags.extend(["--kv-attention".into(), "ort".into()]);
+            }
             // The scales file is an input (its contents are keyed), not a setting.
             scales_flag = vec!["--kv-scales".into(), s(&it.kv_scales())];
             inputs.push(it.kv_scales());
@@ -1092,6 +1097,20 @@ mod tests {
         assert!(
             deps.contains(&"pairwise-cringe-iter1-kv-scales"),
             "{deps:?}"
+        );
+        // Sampling on a GPU: ONNX Runtime's own int8-cache attention (the engine's is CPU only).
+        let gpu = plan_of(&[
+            "sample.weights=\"int8\"",
+            "sample.kv_cache=\"int8\"",
+            "devices.generate=\"cuda:0\"",
+        ]);
+        let export = gpu
+            .iter()
+            .find(|s| s.name == "pairwise-cringe-iter1-export-int8")
+            .unwrap();
+        assert_eq!(
+            export.settings,
+            "onnx --last-logits-only --weights int8 --kv-cache int8 --kv-attention ort"
         );
         // Int8 weights alone keep the key they had before the setting existed.
         let int8 = plan_of(&["sample.weights=\"int8\""]);
