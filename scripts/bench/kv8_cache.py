@@ -10,6 +10,7 @@ calibration prompts), then
     place (the engine's form), the three graphs alternating.
 Usage: kv8_cache.py FP32_DIR INT8_DIR CONTEXTS.jsonl [--calib 16] [--test 8] [--tokens 32]
        [--batch 64] [--past 200] [--rounds 5] [--steps 5] [--threads 2] [--save DIR]
+       [--quant PER_CHANNEL:PER_CHANNEL] (K:V, each PER_CHANNEL or PER_TENSOR)
 --save DIR also writes the rewritten graph as a model folder (INT8_DIR's other files copied) that
 `engine generate` runs, for the real job; --skip-quality / --skip-speed leave those parts out.
 """
@@ -44,7 +45,7 @@ def calibrate(fp32, prompts):
     names = [o.name for o in fp32.get_outputs()][1:]
     return {n: np.maximum(a, 1e-6) / 127.0 for n, a in zip(names, mx)}
 
-def rewrite(src_dir, scales, out):
+def rewrite(src_dir, scales, out, quant=("PER_CHANNEL", "PER_CHANNEL")):
     m = onnx.load(os.path.join(src_dir, "model.onnx"))
     import re
     for v in list(m.graph.input) + list(m.graph.output):
@@ -55,13 +56,16 @@ def rewrite(src_dir, scales, out):
             continue
         layer = re.search(r"layers\.(\d+)/", n.name).group(1)
         k, v = scales[f"present.{layer}.key"], scales[f"present.{layer}.value"]
+        # PER_TENSOR: one scale for the layer's whole cache, the largest channel's.
+        k, v = [x[:, None, :] if q == "PER_CHANNEL" else np.array([x.max()])
+                for x, q in zip((k, v), quant)]
         ks, vs = n.output[1] + ".k_scale", n.output[2] + ".v_scale"
-        m.graph.initializer.extend([numpy_helper.from_array(k[:, None, :].astype(np.float32), ks),
-                                    numpy_helper.from_array(v[:, None, :].astype(np.float32), vs)])
+        m.graph.initializer.extend([numpy_helper.from_array(k.astype(np.float32), ks),
+                                    numpy_helper.from_array(v.astype(np.float32), vs)])
         ins = list(n.input) + [""] * (9 - len(n.input)) + ["", "", "", ks, vs]
         del n.input[:]; n.input.extend(ins)
-        n.attribute.extend([helper.make_attribute("k_quant_type", "PER_CHANNEL"),
-                            helper.make_attribute("v_quant_type", "PER_CHANNEL"),
+        n.attribute.extend([helper.make_attribute("k_quant_type", quant[0]),
+                            helper.make_attribute("v_quant_type", quant[1]),
                             helper.make_attribute("kv_cache_bit_width", 8)])
     onnx.save(m, out, save_as_external_data=True, location=os.path.basename(out) + ".data")
     return out
@@ -123,7 +127,10 @@ def main():
     ap.add_argument("--steps", type=int, default=5); ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--save"); ap.add_argument("--skip-quality", action="store_true")
     ap.add_argument("--skip-speed", action="store_true")
+    ap.add_argument("--quant", default="PER_CHANNEL:PER_CHANNEL",
+                    help="K:V quantization of the int8 cache, each PER_CHANNEL or PER_TENSOR")
     a = ap.parse_args()
+    quant = tuple(a.quant.split(":"))
     tok = Tokenizer.from_file(os.path.join(a.fp32, "tokenizer.json"))
     rows = [json.loads(l) for l in open(a.contexts)]
     text = [r.get("prompt") or r["messages"][-1]["content"] for r in rows]
@@ -139,7 +146,7 @@ def main():
         for f in os.listdir(a.int8):
             if not f.startswith("model.onnx"):
                 shutil.copy(os.path.join(a.int8, f), dest)
-    out = rewrite(a.int8, scales, os.path.join(dest, "model.onnx"))
+    out = rewrite(a.int8, scales, os.path.join(dest, "model.onnx"), quant)
     kv8 = session(out, a.threads)
     if a.skip_quality and a.skip_speed:
         return
