@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The real generation job over three exports of SmolLM2-135M-Instruct, alternated in rounds on one
-# machine: fp32, `--weights int8`, and `--weights int8 --kv-cache int8` (scales from `engine kv-scales`
+# machine: fp32, `--weights int8`, and `--weights int8 --kv-cache int8` (decode attention by the engine's own
+# operator, the export's default; scales from `engine kv-scales`
 # on CALIB, 16 prompt records). Prints tokens/s, peak RSS and load per run, and whether the int8-cache
 # output at --batch-size 16 equals the default batch's (BENCHMARKS.md "An int8 KV cache").
 # Usage: scripts/bench/int8_job.sh [ROUNDS] [CALIB.jsonl]

@@ -475,6 +475,23 @@ mod tests {
         let _ = p.g_sub_(&update);
     }
 
+    /// The gradient of a loss that varies per element and per draw (libtorch's generator) into
+    /// each of `params`; the third one's comes out transposed (non-contiguous) through `t()`.
+    fn random_backward(params: &[Tensor]) {
+        let k = (Kind::Float, tch::Device::Cpu);
+        for (i, x) in params.iter().enumerate() {
+            let w = Tensor::randn(x.size(), k);
+            let l = if i == 2 {
+                (x.transpose(0, 1) * w.transpose(0, 1))
+                    .sin()
+                    .sum(Kind::Float)
+            } else {
+                (x * &w).sin().sum(Kind::Float)
+            };
+            l.backward();
+        }
+    }
+
     /// Four steps of three parameters (a large matrix, a vector, a matrix whose gradient comes out
     /// transposed) with changing gradients and learning rates, once on 1 thread and once on 2.
     /// Returns the parameters and moments after each step, and whether the moments stayed where
@@ -502,17 +519,7 @@ mod tests {
         let ptrs: Vec<usize> = opt.slots.iter().map(|s| s.m.data_ptr() as usize).collect();
         let mut after = Vec::new();
         for step in 1..=4 {
-            for (i, x) in params.iter().enumerate() {
-                let w = Tensor::randn(x.size(), k);
-                let l = if i == 2 {
-                    (x.transpose(0, 1) * w.transpose(0, 1))
-                        .sin()
-                        .sum(Kind::Float)
-                } else {
-                    (x * &w).sin().sum(Kind::Float)
-                };
-                l.backward();
-            }
+            random_backward(&params);
             opt.apply(1e-3 / step as f64, &cfg);
             opt.zero_grad();
             let mut state: Vec<Tensor> = params.iter().map(|p| p.detach().copy()).collect();
@@ -561,17 +568,7 @@ mod tests {
             ..Default::default()
         };
         for (step, ours) in (1..=4).zip(&two) {
-            for (i, x) in refs.iter().enumerate() {
-                let w = Tensor::randn(x.size(), k);
-                let l = if i == 2 {
-                    (x.transpose(0, 1) * w.transpose(0, 1))
-                        .sin()
-                        .sum(Kind::Float)
-                } else {
-                    (x * &w).sin().sum(Kind::Float)
-                };
-                l.backward();
-            }
+            random_backward(&refs);
             for (r, (m, v)) in refs.iter_mut().zip(moments.iter_mut()) {
                 expression_form(r, m, v, step, 1e-3 / step as f64, &cfg);
                 r.zero_grad();

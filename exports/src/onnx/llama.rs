@@ -491,7 +491,7 @@ fn int8_cache_attention(
     gi: &GqaInputs,
     [ks, vs]: &[Value; 2],
 ) -> layers::AttentionOut {
-    let mut outs = g
+    let outs = g
         .op(
             INT8_CACHE_ATTENTION,
             &[
@@ -511,10 +511,18 @@ fn int8_cache_attention(
         .attr("kv_num_heads", cfg.num_key_value_heads as i64)
         .attr("scale", 1.0 / (cfg.head_dim as f32).sqrt())
         .build_n(3);
+    attention_out(outs, true)
+}
+
+/// An attention node's `(output, present_key, present_value)`, the caches typed int8 when
+/// `int8_cache` (the builder types outputs as floats).
+fn attention_out(mut outs: Vec<Value>, int8_cache: bool) -> layers::AttentionOut {
     let mut present_value = outs.pop().expect("three outputs");
     let mut present_key = outs.pop().expect("three outputs");
-    present_key.elem = Elem::I8;
-    present_value.elem = Elem::I8;
+    if int8_cache {
+        present_key.elem = Elem::I8;
+        present_value.elem = Elem::I8;
+    }
     layers::AttentionOut {
         out: outs.pop().expect("three outputs"),
         present_key,
@@ -563,7 +571,7 @@ fn gqa(
             .attr("v_quant_type", "PER_CHANNEL")
             .attr("kv_cache_bit_width", 8i64);
     }
-    let mut outs = op
+    let outs = op
         .attr("num_heads", cfg.num_attention_heads as i64)
         .attr("kv_num_heads", cfg.num_key_value_heads as i64)
         .attr("scale", 1.0 / (cfg.head_dim as f32).sqrt())
@@ -576,15 +584,5 @@ fn gqa(
         .attr("do_rotary", i64::from(rotary))
         .attr("rotary_interleaved", 0i64)
         .build_n(3);
-    let mut present_value = outs.pop().expect("three outputs");
-    let mut present_key = outs.pop().expect("three outputs");
-    if kv_scales.is_some() {
-        present_key.elem = Elem::I8;
-        present_value.elem = Elem::I8;
-    }
-    layers::AttentionOut {
-        out: outs.pop().expect("three outputs"),
-        present_key,
-        present_value,
-    }
+    attention_out(outs, kv_scales.is_some())
 }
