@@ -261,6 +261,18 @@ pub fn open(runtime: &Runtime, dir: &Path, opts: &SessionOptions) -> Result<(Ses
     open_file(runtime, &dir.join(MODEL_FILE), opts, None)
 }
 
+/// Sessions are committed one at a time in a process: ONNX Runtime 1.31 refuses a commit that
+/// races another over the custom-operator domain both register ([`builder`] adds `ai.pco` to
+/// every session: "the domain is already exist"), which parallel tests hit.
+static COMMIT: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Hold while committing a session built by [`builder`].
+pub(crate) fn committing() -> std::sync::MutexGuard<'static, ()> {
+    COMMIT
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 /// [`open`] for one graph file of an exported folder; sessions given the same `prepacked`
 /// container share the packed form of identical weights (an int8-cache folder's two graphs).
 pub fn open_file(
@@ -280,9 +292,11 @@ pub fn open_file(
             .with_prepacked_weights(p)
             .map_err(|e| anyhow::anyhow!("sharing packed weights: {e}"))?;
     }
-    let session = b
-        .commit_from_file(file)
-        .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
+    let session = {
+        let _one_at_a_time = committing();
+        b.commit_from_file(file)
+    }
+    .with_context(|| format!("loading {} on {}", file.display(), opts.device))?;
     let io =
         discover(&session).with_context(|| format!("{}: unexpected graph I/O", file.display()))?;
     Ok((session, io))

@@ -344,6 +344,26 @@ fn the_engines_int8_cache_attention_equals_onnx_runtimes() {
     let graph = std::fs::read(ours.join("model.onnx")).unwrap();
     let has = |op: &str| graph.windows(op.len()).any(|w| w == op.as_bytes());
     assert!(has("Int8CacheAttention") && !has("GroupQueryAttention"));
+    let engine_ops = |dir: &Path| exports::onnx::uses_engine_ops(&dir.join("model.onnx")).unwrap();
+    assert!(engine_ops(&ours) && !engine_ops(&gqa) && !engine_ops(&m.ort));
+    // On a GPU such a folder is refused at load, with the export flag that fixes it.
+    let err = engine::generate::backend::Backend::load(
+        runtime(),
+        &engine::generate::backend::BackendConfig {
+            model: ours.clone(),
+            session: SessionOptions {
+                device: Device::Cuda(0),
+                ..SessionOptions::default()
+            },
+            slots: 1,
+            max_len: 64,
+            fixed_shape: false,
+            mover: engine::generate::device::MoverChoice::Auto,
+        },
+    )
+    .err()
+    .expect("a CUDA backend for the engine's CPU operator");
+    assert!(format!("{err:#}").contains("--kv-attention ort"), "{err:#}");
     let tok = Tokenizer::load(&m.hf).unwrap();
     let (mut a, mut b) = (
         backend(&ours, Device::Cpu, 3, false),

@@ -34,7 +34,7 @@ use super::device::{run, DeviceBuffer, DeviceMemory, Feed, Move, MoverChoice, Pl
 use super::float_prefill::FloatPrefill;
 use super::kv::{SavedPrefix, SlotCache};
 use crate::runtime::Runtime;
-use crate::session::{kv_names, CacheForm, GraphIo, HeadOutput, SessionOptions};
+use crate::session::{kv_names, CacheForm, Device, GraphIo, HeadOutput, SessionOptions};
 
 /// Settings of one backend (one device).
 #[derive(Debug, Clone)]
@@ -222,15 +222,23 @@ impl Backend {
         cfg: &BackendConfig,
         slots: impl FnOnce(&GraphIo) -> Result<usize>,
     ) -> Result<Self> {
+        let main = cfg.model.join(exports::onnx::MODEL_FILE);
+        // The engine's int8-cache attention runs CPU decode steps only (prompts go through the
+        // folder's float twin there); say so before a GPU session fails on the first prompt.
+        if cfg.session.device != Device::Cpu && exports::onnx::uses_engine_ops(&main)? {
+            bail!(
+                "{}: its decode attention is the engine's CPU operator ({}:{}); for {}, export it with \
+                 `exports onnx … --kv-attention ort`",
+                cfg.model.display(),
+                exports::onnx::ENGINE_DOMAIN,
+                exports::onnx::INT8_CACHE_ATTENTION,
+                cfg.session.device
+            );
+        }
         // The float twin's session shares the packed weights of the main one.
         let prepacked = FloatPrefill::present(&cfg.model, &cfg.session)
             .then(ort::session::builder::PrepackedWeights::new);
-        let (session, io) = crate::session::open_file(
-            rt,
-            &cfg.model.join(exports::onnx::MODEL_FILE),
-            &cfg.session,
-            prepacked.as_ref(),
-        )?;
+        let (session, io) = crate::session::open_file(rt, &main, &cfg.session, prepacked.as_ref())?;
         let float_prefill =
             FloatPrefill::open(rt, &cfg.model, &cfg.session, &io, prepacked.as_ref())?;
         let model = cfg.model.display();

@@ -431,9 +431,12 @@ impl CopyGraph {
             optimize: false,
             ..opts.clone()
         };
-        let session = crate::session::builder(rt, &copy_opts)?
-            .commit_from_memory(&model)
-            .context("building the device-copy graph")?;
+        let mut builder = crate::session::builder(rt, &copy_opts)?;
+        let session = {
+            let _one_at_a_time = crate::session::committing();
+            builder.commit_from_memory(&model)
+        }
+        .context("building the device-copy graph")?;
         Ok(CopyGraph {
             session,
             width,

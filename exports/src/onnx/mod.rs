@@ -140,6 +140,15 @@ const COPIED: &[&str] = &[
 ];
 
 /// Export `cfg.model` to `cfg.out`.
+/// Whether the graph in `model_file` uses the engine's own operators ([`ENGINE_DOMAIN`], which
+/// only `engine` registers, on CPU); a file that does not parse as ONNX counts as not using them.
+pub fn uses_engine_ops(model_file: &Path) -> Result<bool> {
+    use prost::Message;
+    let bytes = std::fs::read(model_file).at(model_file)?;
+    Ok(proto::ModelOpsets::decode(bytes.as_slice())
+        .is_ok_and(|m| m.opset_import.iter().any(|o| o.domain == ENGINE_DOMAIN)))
+}
+
 pub fn export(cfg: &OnnxExportConfig) -> Result<ExportSummary> {
     let model = ModelConfig::load(&cfg.model)?;
     let mut ckpt = Checkpoint::load(&cfg.model)?;

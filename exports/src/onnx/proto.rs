@@ -20,6 +20,13 @@ pub struct ModelProto {
     pub metadata_props: Vec<StringStringEntryProto>,
 }
 
+/// A model's operator sets alone (`ModelProto` field 8); decoding skips every other field.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct ModelOpsets {
+    #[prost(message, repeated, tag = "8")]
+    pub opset_import: Vec<OperatorSetIdProto>,
+}
+
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct OperatorSetIdProto {
     #[prost(string, tag = "1")]
