@@ -27,7 +27,7 @@ use ort::operator::{
 };
 use ort::value::TensorElementType;
 
-use crate::generate::kv_quant::round_to_i8;
+use crate::generate::kv_quant::quantize;
 
 /// The operator's domain and name in exported graphs (defined with the writer, in `exports`).
 pub use exports::onnx::{ENGINE_DOMAIN as DOMAIN, INT8_CACHE_ATTENTION as OP};
@@ -515,10 +515,8 @@ fn attend<S: Scores, const G: usize>(geo: &Geometry, t: Task<'_>, scratch: &mut 
     // The new key, rotated, and the new value, quantized into the cache at `p`.
     rotate(&t.qkv[(h + g) * d..(h + g + 1) * d], t.cos, t.sin, k_rot);
     let v_new = &t.qkv[(h + hkv + g) * d..(h + hkv + g + 1) * d];
-    for c in 0..d {
-        t.keys[p * d + c] = round_to_i8(k_rot[c] / t.k_scale[c]);
-        t.values[p * d + c] = round_to_i8(v_new[c] / t.v_scale[c]);
-    }
+    quantize(k_rot, t.k_scale, &mut t.keys[p * d..n * d]);
+    quantize(v_new, t.v_scale, &mut t.values[p * d..n * d]);
     // Queries rotated, with the softmax scale and the key scales folded in.
     for j in 0..G {
         let hq = g * G + j;

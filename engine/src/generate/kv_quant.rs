@@ -21,7 +21,7 @@ pub(crate) fn quantize(src: &[f32], scale: &[f32], dst: &mut [i8]) {
 /// even by adding and subtracting 1.5 · 2²³ in round-to-nearest-even float arithmetic, a loop
 /// the compiler vectorizes.
 #[inline]
-pub(crate) fn round_to_i8(x: f32) -> i8 {
+fn round_to_i8(x: f32) -> i8 {
     const MAGIC: f32 = 12_582_912.0; // 1.5 · 2^23
     ((x.clamp(-128.0, 127.0) + MAGIC) - MAGIC) as i8
 }
