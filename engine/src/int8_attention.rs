@@ -150,8 +150,21 @@ impl Kernel for Attention {
             (input(0)?, input(1)?, input(2)?, input(3)?, input(4)?);
         let (cos_v, sin_v, ks_v, vs_v) = (input(5)?, input(6)?, input(7)?, input(8)?);
         let (qkv_shape, qkv) = qkv_v.try_extract_tensor::<f32>()?;
-        let (cache_shape, past_key) = past_k.try_extract_tensor::<i8>()?;
-        let (_, past_value) = past_v.try_extract_tensor::<i8>()?;
+        // Only the past caches' addresses are kept: the engine binds past and present to one
+        // buffer, which the tasks below write, so no slice of the past may outlive this line.
+        let (cache_shape, past_key_ptr) = {
+            let (shape, data) = past_k.try_extract_tensor::<i8>()?;
+            (shape.to_vec(), data.as_ptr())
+        };
+        let past_value_ptr = {
+            let (shape, data) = past_v.try_extract_tensor::<i8>()?;
+            if shape[..] != cache_shape[..] {
+                return Err(err(format!(
+                    "past_key {cache_shape:?} and past_value {shape:?} differ in shape"
+                )));
+            }
+            data.as_ptr()
+        };
         let (_, lens) = lens_v.try_extract_tensor::<i32>()?;
         let (_, total) = total_v.try_extract_tensor::<i32>()?;
         let (cos_shape, cos) = cos_v.try_extract_tensor::<f32>()?;
@@ -219,7 +232,6 @@ impl Kernel for Attention {
             })
             .collect::<ort::Result<_>>()?;
 
-        let (past_key_ptr, past_value_ptr) = (past_key.as_ptr(), past_value.as_ptr());
         let present_shape = vec![b as i64, hkv as i64, cap as i64, d as i64];
         let mut out_v = ctx
             .output(0, vec![b as i64, 1, (h * d) as i64])?
