@@ -579,7 +579,8 @@ mod tests {
         let (s, unknown) = Settings::load(None, &[], Path::new("/p")).unwrap();
         assert!(unknown.is_empty(), "{unknown:?}");
         assert_eq!(s.method, Method::PairwiseCringe);
-        assert_eq!(s.iterations, 3);
+        assert_eq!(s.iterations, 2);
+        assert_eq!((s.data.train, s.data.unlabeled, s.data.test), (48, 96, 48));
         assert_eq!(s.reward, Reward::Repetition(3));
         assert_eq!(s.model, Path::new("/p/models/smollm2-135m-instruct"));
         assert_eq!(s.data.text_dir, Path::new("/p/data/sotu"));
